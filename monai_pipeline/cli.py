@@ -1,0 +1,205 @@
+"""``monai-pipeline``: the command line, a thin layer over the bundles and the package.
+
+    monai-pipeline demo                         synthetic data -> train -> evaluate -> infer -> summary
+    monai-pipeline synth --out DIR              write a synthetic Task06_Lung-style dataset
+    monai-pipeline train --dataset-dir DIR      train a bundle (MONAI bundle run, same overrides)
+    monai-pipeline infer --images PATH...       sliding-window inference, masks in the source geometry
+    monai-pipeline evaluate --pred DIR --label DIR   Dice of written masks against labels
+
+Every bundle option is reachable with ``--set key=value`` (values parsed as JSON when they parse), and
+extra config files (``configs/*.json`` overlays) with ``--config FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+logger = logging.getLogger("monai_pipeline.cli")
+
+
+def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", default="lung", help="bundle short name or folder (default: lung)")
+    p.add_argument("--config", action="append", default=[], metavar="FILE",
+                   help="config overlay merged after the bundle's configs (repeatable), e.g. configs/network_segresnet.json")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a bundle config id, e.g. --set epochs=5 --set 'patch_size=[64,64,32]'")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: GPU when present, else CPU)")
+
+
+def _overrides(args: argparse.Namespace, **known: Any) -> dict[str, Any]:
+    out = {k: v for k, v in known.items() if v is not None}
+    if getattr(args, "device", None):
+        out["device"] = f"$torch.device('{args.device}')"
+    out.update(_parse_sets(args.set))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ commands
+def cmd_synth(args: argparse.Namespace) -> int:
+    from monai_pipeline.synthetic import PhantomSpec, write_msd_dataset
+
+    spec = PhantomSpec(tuple(args.shape), tuple(args.spacing))
+    path = write_msd_dataset(args.out, args.num_train, args.num_test, args.seed, spec, progress=True)
+    print(f"dataset: {path}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from monai_pipeline.bundles import run_bundle
+    from monai_pipeline.data import msd_datalist
+
+    msd_datalist(args.dataset_dir, split="all")  # validate every input before any work starts
+    overrides = _overrides(args, dataset_dir=str(Path(args.dataset_dir).resolve()), output_dir=args.output_dir,
+                           ckpt_dir=args.ckpt_dir, epochs=args.epochs, val_interval=args.val_interval,
+                           resume=args.resume or None)
+    run_bundle(args.bundle, "multi_gpu_train" if args.distributed else "train", args.config, args.tracking, **overrides)
+    return 0
+
+
+def cmd_evaluate_bundle(args: argparse.Namespace) -> int:
+    from monai_pipeline.bundles import run_bundle
+
+    overrides = _overrides(args, dataset_dir=str(Path(args.dataset_dir).resolve()), output_dir=args.output_dir,
+                           ckpt_dir=args.ckpt_dir)
+    run_bundle(args.bundle, "evaluate", args.config, **overrides)
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from monai_pipeline.bundles import run_bundle
+    from monai_pipeline.data import image_datalist
+
+    images = args.images[0] if len(args.images) == 1 else args.images
+    datalist = [d["image"] for d in image_datalist(images)]  # validated before the model is built
+    overrides = _overrides(args, datalist=datalist, output_dir=args.output_dir, ckpt_dir=args.ckpt_dir,
+                           output_ext=args.ext)
+    run_bundle(args.bundle, "inference", args.config, **overrides)
+    print(f"masks written to {args.output_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from monai_pipeline.data import DataError, case_id
+    from monai_pipeline.evaluation import score_pairs
+    from monai_pipeline.io import atomic_write_text
+
+    preds = {case_id(p).removesuffix(f"_{args.postfix}"): p for p in sorted(Path(args.pred).iterdir())
+             if not p.name.startswith(".") and p.is_file()}
+    labels = {case_id(p): p for p in sorted(Path(args.label).iterdir()) if not p.name.startswith(".") and p.is_file()}
+    missing = sorted(set(labels) ^ set(preds))
+    if missing:
+        raise DataError(f"no partner for case(s) {', '.join(missing)} between {args.pred} and {args.label}")
+    rows = score_pairs([(preds[c], labels[c]) for c in sorted(labels)])
+    for r in rows:
+        print(f"{Path(r['label']).name:40s} dice {r['dice']:.4f}")
+    mean = sum(r["dice"] for r in rows) / len(rows)
+    print(f"mean dice {mean:.4f} over {len(rows)} cases")
+    if args.out:
+        atomic_write_text(Path(args.out) / "metrics.json", json.dumps({"mean_dice": mean, "cases": rows}, indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from monai_pipeline.demo import run_demo
+
+    run_demo(args.out, epochs=args.epochs, num_train=args.num_train, num_test=args.num_test, seed=args.seed,
+             device=args.device)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="monai-pipeline", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="synthetic lung CT -> train -> evaluate -> infer -> summary (minutes on a CPU)")
+    p.add_argument("--out", default="demo_output", help="working folder (default: ./demo_output)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--num-train", type=int, default=12)
+    p.add_argument("--num-test", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: GPU when present)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("synth", help="write a synthetic MSD Task06_Lung-style dataset of chest CT phantoms")
+    p.add_argument("--out", required=True, help="dataset folder")
+    p.add_argument("--num-train", type=int, default=12)
+    p.add_argument("--num-test", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shape", type=int, nargs=3, default=[160, 160, 64], metavar=("I", "J", "K"))
+    p.add_argument("--spacing", type=float, nargs=3, default=[2.0, 2.0, 2.5], metavar=("SI", "SJ", "SK"),
+                   help="voxel size in mm (jittered +-10%% per case)")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train", help="train a bundle on an MSD-layout dataset")
+    _common(p)
+    p.add_argument("--dataset-dir", required=True, help="folder with dataset.json")
+    p.add_argument("--output-dir", help="logs and metrics (bundle default: <bundle>/eval)")
+    p.add_argument("--ckpt-dir", help="checkpoints; model.pt is the best validation model")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--val-interval", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --ckpt-dir")
+    p.add_argument("--distributed", action="store_true", help="use multi_gpu_train.json (launch with torchrun)")
+    p.add_argument("--tracking", choices=["mlflow"], help="MONAI experiment tracking (local store under output dir)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate-bundle", help="run a bundle's evaluate config on the validation split")
+    _common(p)
+    p.add_argument("--dataset-dir", required=True)
+    p.add_argument("--output-dir")
+    p.add_argument("--ckpt-dir")
+    p.set_defaults(func=cmd_evaluate_bundle)
+
+    p = sub.add_parser("infer", help="segment images; masks keep each source image's geometry")
+    _common(p)
+    p.add_argument("--images", nargs="+", required=True, help="image files, a folder, or a .txt list of paths")
+    p.add_argument("--ckpt-dir", required=True, help="folder holding model.pt")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--ext", default=".nii.gz", choices=[".nii.gz", ".nii", ".nrrd", ".mha"])
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("evaluate", help="Dice of masks in --pred against labels in --label, paired by case ID")
+    p.add_argument("--pred", required=True)
+    p.add_argument("--label", required=True)
+    p.add_argument("--out", help="folder for metrics.json")
+    p.add_argument("--postfix", default="seg", help="postfix of prediction names (lung_001_seg.nii.gz)")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from monai_pipeline.data import DataError
+
+    try:
+        return int(args.func(args) or 0)
+    except (DataError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

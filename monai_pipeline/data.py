@@ -1,0 +1,468 @@
+"""Data stage: read datasets, validate every input once, build MONAI datalists and patient-level splits.
+
+This is the one module where inputs are checked. Everything downstream (transforms, training, inference,
+export) may assume that the files in a datalist exist, lie inside their dataset folder, are readable,
+complete (gzip streams are read to the end), 3D, and that each label has its image's shape and geometry.
+Problems raise :class:`DataError`, whose message names the file and the fault.
+
+A datalist is a list of dicts as MONAI's ``Dataset`` expects::
+
+    [{"image": "/abs/imagesTr/lung_001.nii.gz", "label": "/abs/labelsTr/lung_001.nii.gz",
+      "case_id": "lung_001", "patient": "lung_001"}, ...]
+
+This module imports no other stage of the package.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import logging
+import os
+import re
+import zlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "DataError",
+    "ImageInfo",
+    "read_dataset_json",
+    "msd_datalist",
+    "msd_test_datalist",
+    "image_datalist",
+    "lidc_datalist",
+    "split_train_val",
+    "kfold_split",
+    "patient_id",
+    "case_id",
+    "image_info",
+    "validate_datalist",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+_GEOMETRY_TOL_MM = 1e-3
+
+
+class DataError(ValueError):
+    """An input file or dataset description is unusable. The message names the file and the fault."""
+
+
+# ----------------------------------------------------------------------------------------------- ids
+def case_id(path: str | os.PathLike) -> str:
+    """Case identifier of an image path: the file name without its image extension."""
+    name = Path(path).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+_PATIENT_PATTERNS = (
+    re.compile(r"(LIDC-IDRI-\d{4})"),
+    re.compile(r"(BraTS\d*_[A-Za-z0-9]+_\d+)", re.IGNORECASE),
+    re.compile(r"(TCGA_[A-Z0-9]{2}_[A-Z0-9]{4})"),
+)
+
+
+def patient_id(path: str | os.PathLike) -> str:
+    """Patient identifier used to keep all of a patient's cases on one side of a split.
+
+    Recognises LIDC-IDRI (``LIDC-IDRI-0001``), BraTS and TCGA (LGG) identifiers anywhere in the name;
+    otherwise every case is its own patient (the MSD convention: one case per patient).
+    """
+    name = Path(path).name
+    for pattern in _PATIENT_PATTERNS:
+        m = pattern.search(name)
+        if m:
+            return m.group(1)
+    return case_id(path)
+
+
+# -------------------------------------------------------------------------------------- file checks
+class ImageInfo(dict):
+    """Header facts of one image: ``shape`` (voxels), ``spacing`` (mm), ``affine`` (4x4 RAS, mm)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self["shape"]
+
+    @property
+    def affine(self) -> np.ndarray:
+        return self["affine"]
+
+
+def _check_gzip_complete(path: Path, expected_bytes: int | None) -> None:
+    """Read a gzip stream to its end so truncation and CRC errors surface now, not mid-training."""
+    total = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while True:
+                chunk = fh.read(1 << 22)
+                if not chunk:
+                    break
+                total += len(chunk)
+    except (EOFError, OSError, zlib.error) as err:
+        raise DataError(f"{path}: corrupted or truncated gzip stream ({err})") from None
+    if expected_bytes is not None and total < expected_bytes:
+        raise DataError(f"{path}: file holds {total} bytes of data, its header needs {expected_bytes}")
+
+
+def _nifti_info(path: Path) -> ImageInfo:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+    except Exception as err:  # nibabel raises several types for bad headers
+        raise DataError(f"{path}: not a readable NIfTI file ({type(err).__name__}: {err})") from None
+    hdr = img.header
+    shape = tuple(int(s) for s in img.shape)
+    offset = int(getattr(img.dataobj, "offset", hdr.get_data_offset()))
+    expected = offset + int(np.prod(shape)) * np.dtype(hdr.get_data_dtype()).itemsize
+    if path.name.lower().endswith(".gz"):
+        _check_gzip_complete(path, expected)
+    elif path.stat().st_size < expected:
+        raise DataError(f"{path}: file is {path.stat().st_size} bytes, its header needs {expected}")
+    # nibabel silently replaces zero pixdims by 1 on load: read the raw header to see what is on disk
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        raw = type(hdr).from_fileobj(fh, check=False)
+    zooms = tuple(float(z) for z in raw["pixdim"][1 : 1 + min(len(shape), 3)])
+    affine = np.asarray(img.affine, dtype=float)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise DataError(f"{path}: singular or non-finite voxel-to-world affine")
+    return ImageInfo(shape=shape, spacing=zooms, affine=affine)
+
+
+def _itk_info(path: Path) -> ImageInfo:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        reader.Execute()  # reads the voxels: catches truncated or corrupt payloads
+    except RuntimeError as err:
+        msg = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown error"
+        raise DataError(f"{path}: not a readable image ({msg})") from None
+    size = reader.GetSize()
+    spacing = np.asarray(reader.GetSpacing(), dtype=float)
+    direction = np.asarray(reader.GetDirection(), dtype=float).reshape(len(size), len(size))
+    origin = np.asarray(reader.GetOrigin(), dtype=float)
+    affine = np.eye(4)
+    n = min(len(size), 3)
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])[:n, :n]
+    affine[:n, :n] = lps_to_ras @ direction[:n, :n] @ np.diag(spacing[:n])
+    affine[:n, 3] = lps_to_ras @ origin[:n]
+    return ImageInfo(shape=tuple(int(s) for s in size), spacing=tuple(spacing), affine=affine)
+
+
+@lru_cache(maxsize=4096)
+def _cached_info(path: str, mtime_ns: int, size: int) -> ImageInfo:
+    p = Path(path)
+    if size == 0:
+        raise DataError(f"{p}: file is empty")
+    name = p.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        return _nifti_info(p)
+    if name.endswith(IMAGE_SUFFIXES):
+        return _itk_info(p)
+    raise DataError(f"{p}: unknown image type (expected one of {', '.join(IMAGE_SUFFIXES)})")
+
+
+def image_info(path: str | os.PathLike, ndim: int | None = 3) -> ImageInfo:
+    """Validate one image file and return its header facts.
+
+    Args:
+        path: NIfTI (``.nii``/``.nii.gz``) or an ITK-readable volume (``.nrrd``, ``.mha``, ...).
+        ndim: required number of spatial dimensions (a trailing axis of length 1 is accepted);
+            ``None`` accepts any.
+
+    Raises:
+        DataError: missing, empty, unreadable, truncated or corrupt file, wrong dimensionality,
+            non-finite or zero spacing.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: file not found")
+    st = p.stat()
+    info = _cached_info(str(p.resolve()), st.st_mtime_ns, st.st_size)
+    shape = info.shape
+    if ndim is not None:
+        squeezed = shape[:ndim] if len(shape) > ndim and all(s == 1 for s in shape[ndim:]) else shape
+        if len(squeezed) != ndim:
+            raise DataError(f"{p}: expected a {ndim}D volume, found shape {shape}")
+        if min(squeezed) < 1:
+            raise DataError(f"{p}: empty image, shape {shape}")
+    spacing = np.asarray(info["spacing"], dtype=float)
+    if not np.all(np.isfinite(spacing)) or np.any(spacing[:3] <= 0):
+        raise DataError(f"{p}: invalid voxel spacing {tuple(spacing)}")
+    return info
+
+
+def check_pair(image: str | os.PathLike, label: str | os.PathLike, ndim: int = 3) -> None:
+    """Check that ``label`` has ``image``'s shape and geometry (within 1e-3 mm)."""
+    a, b = image_info(image, ndim), image_info(label, ndim)
+    if a.shape[:ndim] != b.shape[:ndim]:
+        raise DataError(f"{label}: label shape {b.shape} differs from image {image} shape {a.shape}")
+    if not np.allclose(a.affine, b.affine, atol=_GEOMETRY_TOL_MM):
+        raise DataError(
+            f"{label}: label geometry (affine) differs from image {image}:\n{np.round(b.affine, 4)}\n"
+            f"vs\n{np.round(a.affine, 4)}"
+        )
+
+
+def validate_datalist(datalist: Sequence[dict], ndim: int = 3) -> list[dict]:
+    """Validate every image (and label, when present) of a datalist; return it unchanged."""
+    for item in datalist:
+        if "label" in item:
+            check_pair(item["image"], item["label"], ndim)
+        else:
+            image_info(item["image"], ndim)
+    return list(datalist)
+
+
+# ----------------------------------------------------------------------------------------- MSD json
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise DataError(f"{path}: dataset description not found")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # a UTF-8 BOM is accepted
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+
+
+def _inside(root: Path, entry: Any, json_path: Path, where: str) -> str:
+    """Resolve a dataset.json entry to an absolute path that must stay inside ``root``."""
+    if not isinstance(entry, str) or not entry.strip():
+        raise DataError(f"{json_path}: {where} must be a non-empty path string, found {entry!r}")
+    if os.path.isabs(entry):
+        raise DataError(f"{json_path}: {where} is an absolute path ({entry}); use a path relative to {root}")
+    full = (root / entry).resolve()
+    if not full.is_relative_to(root.resolve()):
+        raise DataError(f"{json_path}: {where} ({entry}) points outside the dataset folder {root}")
+    if not full.is_file():
+        raise DataError(f"{json_path}: {where} points to a missing file: {full}")
+    return str(full)
+
+
+def read_dataset_json(dataset_dir: str | os.PathLike) -> dict:
+    """Read and check an MSD ``dataset.json``.
+
+    Returns a dict with ``training`` (list of {image, label, case_id, patient}), ``validation`` (same,
+    possibly empty), ``test`` (list of {image, case_id}), ``labels`` ({value: name}), ``modality``
+    ({channel: name}) and ``name``. Paths are absolute.
+    """
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found")
+    json_path = root / "dataset.json"
+    meta = _read_json(json_path)
+    if not isinstance(meta, dict):
+        raise DataError(f"{json_path}: top level must be a JSON object")
+    if "training" not in meta:
+        raise DataError(f"{json_path}: missing key 'training'")
+    out: dict[str, Any] = {
+        "name": str(meta.get("name", root.name)),
+        "labels": meta.get("labels", {"0": "background", "1": "foreground"}),
+        "modality": meta.get("modality", {"0": "CT"}),
+    }
+    if not isinstance(out["labels"], dict) or not isinstance(out["modality"], dict):
+        raise DataError(f"{json_path}: 'labels' and 'modality' must be objects")
+    for section in ("training", "validation"):
+        entries = meta.get(section, [])
+        if not isinstance(entries, list):
+            raise DataError(f"{json_path}: '{section}' must be a list")
+        items, seen = [], set()
+        for i, entry in enumerate(entries):
+            where = f"{section}[{i}]"
+            if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+                raise DataError(f"{json_path}: {where} must be an object with 'image' and 'label'")
+            image = _inside(root, entry["image"], json_path, f"{where}.image")
+            label = _inside(root, entry["label"], json_path, f"{where}.label")
+            if image in seen:
+                raise DataError(f"{json_path}: {where}.image {entry['image']} is listed twice")
+            seen.add(image)
+            items.append({"image": image, "label": label, "case_id": case_id(image), "patient": patient_id(image)})
+        out[section] = items
+    if not out["training"]:
+        raise DataError(f"{json_path}: the 'training' list is empty")
+    test = meta.get("test", [])
+    if not isinstance(test, list):
+        raise DataError(f"{json_path}: 'test' must be a list")
+    out["test"] = []
+    for i, entry in enumerate(test):
+        rel = entry.get("image") if isinstance(entry, dict) else entry
+        image = _inside(root, rel, json_path, f"test[{i}]")
+        out["test"].append({"image": image, "case_id": case_id(image)})
+    return out
+
+
+# ------------------------------------------------------------------------------------------- splits
+def _groups(datalist: Sequence[dict]) -> list[str]:
+    return sorted({d.get("patient", patient_id(d["image"])) for d in datalist})
+
+
+def split_train_val(datalist: Sequence[dict], val_fraction: float = 0.2, seed: int = 0) -> tuple[list, list]:
+    """Fixed-seed train/validation split by patient: all cases of a patient land on one side.
+
+    At least one patient goes to each side when there are two or more patients.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    patients = _groups(datalist)
+    rng = np.random.default_rng(seed)
+    order = list(rng.permutation(len(patients)))
+    n_val = int(round(val_fraction * len(patients)))
+    if val_fraction > 0 and len(patients) >= 2:
+        n_val = min(max(n_val, 1), len(patients) - 1)
+    val_patients = {patients[i] for i in order[:n_val]}
+    train = [d for d in datalist if d.get("patient", patient_id(d["image"])) not in val_patients]
+    val = [d for d in datalist if d.get("patient", patient_id(d["image"])) in val_patients]
+    return train, val
+
+
+def kfold_split(datalist: Sequence[dict], num_folds: int = 5, fold: int = 0, seed: int = 0) -> tuple[list, list]:
+    """Fold ``fold`` of a fixed-seed ``num_folds``-fold split by patient: (train, val)."""
+    if num_folds < 2 or not 0 <= fold < num_folds:
+        raise ValueError(f"need num_folds >= 2 and 0 <= fold < num_folds, got {num_folds=} {fold=}")
+    patients = _groups(datalist)
+    if len(patients) < num_folds:
+        raise DataError(f"{len(patients)} patients cannot fill {num_folds} folds")
+    order = np.random.default_rng(seed).permutation(len(patients))
+    val_patients = {patients[i] for k, i in enumerate(order) if k % num_folds == fold}
+    train = [d for d in datalist if d.get("patient", patient_id(d["image"])) not in val_patients]
+    val = [d for d in datalist if d.get("patient", patient_id(d["image"])) in val_patients]
+    return train, val
+
+
+def _select(datalist: list[dict], provided_val: list[dict], split: str, split_mode: str, val_fraction: float,
+            seed: int, num_folds: int, fold: int, source: str) -> list[dict]:
+    if split == "all":
+        return datalist
+    if split_mode == "random":
+        train, val = split_train_val(datalist, val_fraction, seed)
+    elif split_mode == "kfold":
+        train, val = kfold_split(datalist, num_folds, fold, seed)
+    elif split_mode == "provided":
+        if not provided_val:
+            raise DataError(f"{source}: split_mode 'provided' needs a non-empty 'validation' list")
+        train, val = datalist, provided_val
+    else:
+        raise ValueError(f"split_mode must be 'random', 'kfold' or 'provided', got {split_mode!r}")
+    if split == "train":
+        return train
+    if split in ("val", "validation"):
+        return val
+    raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
+
+
+def msd_datalist(dataset_dir: str | os.PathLike, split: str = "train", split_mode: str = "random",
+                 val_fraction: float = 0.2, seed: int = 0, num_folds: int = 5, fold: int = 0,
+                 validate: bool = True, max_cases: int | None = None) -> list[dict]:
+    """Datalist of one split of an MSD dataset (Task06_Lung layout), validated.
+
+    Args:
+        dataset_dir: folder holding ``dataset.json``.
+        split: ``"train"``, ``"val"`` or ``"all"`` (the whole training list) or ``"test"`` (images only).
+        split_mode: ``"random"`` — fixed-seed patient-level split of the training list, ``val_fraction``
+            to validation; ``"provided"`` — every training case trains and dataset.json's ``validation``
+            list validates; ``"kfold"`` — fold ``fold`` of ``num_folds`` by patient.
+        val_fraction: fraction of patients for validation in ``"random"`` mode.
+        seed: split seed.
+        num_folds, fold: k-fold settings.
+        validate: check every file (existence, integrity, 3D, label geometry) before returning.
+        max_cases: keep only the first N cases (quick runs).
+    """
+    meta = read_dataset_json(dataset_dir)
+    if split == "test":
+        items = meta["test"]
+    else:
+        items = _select(meta["training"], meta["validation"], split, split_mode, val_fraction, seed, num_folds,
+                        fold, str(Path(dataset_dir) / "dataset.json"))
+    if max_cases is not None:
+        items = items[: int(max_cases)]
+    return validate_datalist(items) if validate else list(items)
+
+
+def msd_test_datalist(dataset_dir: str | os.PathLike) -> list[str]:
+    """Image paths of an MSD dataset's ``test`` list (the inference bundle's default ``datalist``)."""
+    return [d["image"] for d in msd_datalist(dataset_dir, split="test")]
+
+
+def image_datalist(images: str | os.PathLike | Iterable[str | os.PathLike], ndim: int = 3) -> list[dict]:
+    """Validated inference datalist from image paths, a folder of images, or a text file of paths.
+
+    Returns ``[{"image": abs_path, "case_id": ...}]``. Duplicated case IDs are refused because their
+    outputs would overwrite each other.
+    """
+    if isinstance(images, (str, os.PathLike)):
+        p = Path(images)
+        if p.is_dir():
+            paths = sorted(str(q) for q in p.iterdir() if q.name.lower().endswith(IMAGE_SUFFIXES)
+                           and not q.name.startswith("."))
+            if not paths:
+                raise DataError(f"{p}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        elif p.suffix.lower() in (".txt", ".csv", ".lst"):
+            if not p.is_file():
+                raise DataError(f"{p}: image list not found")
+            paths = [ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+        else:
+            paths = [str(p)]
+    else:
+        paths = [str(q) for q in images]
+    if not paths:
+        raise DataError("the inference datalist is empty")
+    items, seen = [], {}
+    for path in paths:
+        full = str(Path(path).resolve()) if Path(path).exists() else path
+        image_info(full, ndim)
+        cid = case_id(full)
+        if cid in seen:
+            raise DataError(f"{full}: case ID '{cid}' is also used by {seen[cid]}; outputs would collide")
+        seen[cid] = full
+        items.append({"image": full, "case_id": cid})
+    return items
+
+
+# --------------------------------------------------------------------------------------------- LIDC
+def lidc_datalist(root: str | os.PathLike, validate: bool = True) -> list[dict]:
+    """Datalist of the LIDC-IDRI nodule crops (``../shared/data/lidc_nodules`` layout).
+
+    Reads ``index.csv`` (patient, nodule, image, mask, ...) and returns
+    ``[{"image", "label", "case_id", "patient"}]`` where ``patient`` is ``LIDC-IDRI-PPPP``.
+    """
+    root = Path(root)
+    index = root / "index.csv"
+    if not index.is_file():
+        raise DataError(f"{index}: LIDC index not found (expected the lidc_nodules layout)")
+    items = []
+    with open(index, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"patient", "image", "mask"} - set(reader.fieldnames or [])
+        if missing:
+            raise DataError(f"{index}: missing columns {sorted(missing)}")
+        for row in reader:
+            image, label = root / row["image"], root / row["mask"]
+            items.append({"image": str(image.resolve()), "label": str(label.resolve()),
+                          "case_id": case_id(image).removesuffix("_image"), "patient": row["patient"]})
+    if not items:
+        raise DataError(f"{index}: no cases listed")
+    return validate_datalist(items) if validate else items
+
+
+def lidc_split(root: str | os.PathLike, split: str = "train", val_fraction: float = 0.2, seed: int = 0,
+               max_cases: int | None = None) -> list[dict]:
+    """Patient-level fixed-seed split of the LIDC crops (``split``: train, val or all)."""
+    items = _select(lidc_datalist(root), [], split, "random", val_fraction, seed, 5, 0, str(root))
+    return items[: int(max_cases)] if max_cases is not None else items

@@ -1,0 +1,254 @@
+"""Synthetic chest CT phantoms with lung tumours, written as a Medical Segmentation Decathlon dataset.
+
+The phantoms are the project's embedded default data: every demo and test can run without downloads.
+Each volume is in Hounsfield units (int16) and holds air, a body (fat + soft tissue), a spine, two lungs
+at about -850 HU, branching vessels, 0-4 tumours of varied size and irregular shape (label 1), and noise.
+Spacing is anisotropic and some cases carry rotated (non axis-aligned) or flipped direction cosines, so
+geometry bugs show.
+
+Layout written by :func:`write_msd_dataset` (Task06_Lung style)::
+
+    <out>/dataset.json
+    <out>/imagesTr/lung_000.nii.gz   <out>/labelsTr/lung_000.nii.gz
+    <out>/imagesTs/lung_100.nii.gz   <out>/labelsTs/lung_100.nii.gz   (labelsTs: for scoring the demo)
+
+Everything is deterministic given ``seed``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from monai_pipeline.io import atomic_write_text, write_nifti
+
+__all__ = ["PhantomSpec", "make_phantom", "phantom_affine", "write_msd_dataset"]
+
+logger = logging.getLogger(__name__)
+
+AIR_HU, FAT_HU, TISSUE_HU, LUNG_HU, BONE_HU, VESSEL_HU, TUMOUR_HU = -1000, -90, 40, -850, 450, 35, 25
+
+
+@dataclass
+class PhantomSpec:
+    """Size of one phantom.
+
+    Attributes:
+        shape: voxels along (i, j, k); k is the slice axis.
+        spacing: voxel size in mm along (i, j, k).
+    """
+
+    shape: tuple[int, int, int] = (160, 160, 64)
+    spacing: tuple[float, float, float] = (2.0, 2.0, 2.5)
+
+
+def _rotation(rng: np.random.Generator, kind: str) -> np.ndarray:
+    """Direction cosines (3x3, columns = world direction of each voxel axis, in RAS)."""
+    if kind == "identity":
+        return np.eye(3)
+    if kind == "flipped":  # stored as LPS-ordered voxels: i runs right-to-left, j anterior-to-posterior
+        return np.diag([-1.0, -1.0, 1.0])
+    # a non axis-aligned rotation: ~10-25 degrees about z, a few degrees about x
+    az = math.radians(rng.uniform(10, 25)) * rng.choice([-1, 1])
+    ax = math.radians(rng.uniform(2, 8)) * rng.choice([-1, 1])
+    rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
+    return rz @ rx
+
+
+def phantom_affine(spacing: Sequence[float], direction: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """4x4 RAS voxel-to-world affine (mm) with the volume centred near the world origin."""
+    aff = np.eye(4)
+    aff[:3, :3] = direction @ np.diag(np.asarray(spacing, dtype=float))
+    centre = (np.asarray(shape, dtype=float) - 1) / 2
+    aff[:3, 3] = -aff[:3, :3] @ centre + np.array([0.0, -20.0, -150.0])
+    return aff
+
+
+def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], sigma: float) -> np.ndarray:
+    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
+    return field / (field.std() + 1e-6)
+
+
+def _tube(vol: np.ndarray, grid_mm: tuple, spacing: np.ndarray, points: np.ndarray, radii: np.ndarray) -> None:
+    """Set to True the voxels of ``vol`` within ``radii`` (mm) of ``points`` (mm, voxel-aligned frame)."""
+    for p, r in zip(points, radii):
+        lo = np.maximum(np.floor((p - r) / spacing).astype(int), 0)
+        hi = np.minimum(np.ceil((p + r) / spacing).astype(int) + 1, vol.shape)
+        if np.any(hi <= lo):
+            continue
+        sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+        d2 = sum((g[sl] - c) ** 2 for g, c in zip(grid_mm, p))
+        vol[sl] |= d2 <= r * r
+
+
+def make_phantom(seed: int, spec: PhantomSpec | None = None, n_tumours: int | None = None,
+                 direction: str = "auto") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Make one chest CT phantom.
+
+    Args:
+        seed: random seed; the same seed gives the same phantom.
+        spec: shape and spacing; spacing is jittered by up to +-10 % per case.
+        n_tumours: number of tumours (0-4); random when None.
+        direction: ``"identity"``, ``"flipped"``, ``"rotated"`` or ``"auto"`` (chosen from the seed).
+
+    Returns:
+        ``(image, label, affine)``: image int16 HU of ``spec.shape``, label uint8 (1 = tumour) of the same
+        shape, and the 4x4 RAS affine in mm.
+    """
+    spec = spec or PhantomSpec()
+    rng = np.random.default_rng(seed)
+    spacing = np.asarray(spec.spacing, dtype=float) * rng.uniform(0.9, 1.1, size=3)
+    shape = tuple(int(s) for s in spec.shape)
+    if direction == "auto":
+        direction = ("identity", "rotated", "flipped")[seed % 3]
+    rot = _rotation(rng, direction)
+
+    ext = np.asarray(shape) * spacing  # field of view, mm
+    grid = np.meshgrid(*[np.arange(n, dtype=np.float32) * s for n, s in zip(shape, spacing)], indexing="ij")
+    x, y, z = grid
+    cx, cy = ext[0] / 2, ext[1] / 2
+    # the phantom is drawn in the voxel frame; with a "flipped" direction voxel i runs right->left
+    # and j anterior->posterior, so the patient's anterior side (small y in RAS terms) must be mirrored
+    post_sign = 1.0 if direction != "flipped" else -1.0
+
+    # body: an elliptic cylinder whose size changes gently along z
+    zc = (z - ext[2] / 2) / (ext[2] / 2)
+    ax_body = 0.44 * ext[0] * (1 - 0.08 * zc**2)
+    ay_body = 0.34 * ext[1] * (1 - 0.08 * zc**2)
+    r_body = ((x - cx) / ax_body) ** 2 + ((y - cy) / ay_body) ** 2
+    img = np.full(shape, AIR_HU, dtype=np.float32)
+    img[r_body <= 1.0] = FAT_HU
+    img[r_body <= 0.82] = TISSUE_HU
+
+    # lungs: two ellipsoids, each slightly irregular, apex to base along z
+    lung = np.zeros(shape, dtype=bool)
+    wobble = 0.08 * _smooth_noise(rng, shape, sigma=6.0)
+    for side in (-1, 1):
+        lx = cx + side * 0.2 * ext[0] * rng.uniform(0.95, 1.05)
+        ly = cy - post_sign * 0.02 * ext[1]
+        lz = ext[2] * rng.uniform(0.45, 0.55)
+        ra, rb, rc = 0.15 * ext[0], 0.22 * ext[1], 0.46 * ext[2]
+        r = ((x - lx) / ra) ** 2 + ((y - ly) / rb) ** 2 + ((z - lz) / rc) ** 2
+        lung |= (r + wobble) <= 1.0
+    lung &= r_body <= 0.7
+    img[lung] = LUNG_HU
+
+    # spine: a bony disc posterior to the lungs
+    sx, sy = cx, cy + post_sign * 0.24 * ext[1]
+    img[((x - sx) ** 2 + (y - sy) ** 2 <= (0.06 * ext[0]) ** 2) & (r_body <= 0.9)] = BONE_HU
+
+    # vessels: branching random walks from each hilum, tapering
+    vessels = np.zeros(shape, dtype=bool)
+    lung_idx = np.argwhere(lung)
+    for side in (-1, 1):
+        hilum = np.array([cx + side * 0.1 * ext[0], cy, ext[2] * 0.5])
+        for _ in range(int(rng.integers(5, 9))):
+            n = int(rng.integers(30, 70))
+            step = rng.normal(size=3)
+            step[0] = abs(step[0]) * side
+            step /= np.linalg.norm(step)
+            pts, p, d = [], hilum.copy(), step
+            for _k in range(n):
+                d = d + 0.35 * rng.normal(size=3)
+                d /= np.linalg.norm(d)
+                p = p + 1.5 * d
+                pts.append(p.copy())
+            radii = np.linspace(rng.uniform(1.5, 3.0), 0.8, n)
+            _tube(vessels, grid, spacing, np.array(pts), radii)
+    vessels &= lung
+    img[vessels] = VESSEL_HU
+
+    # tumours: unions of a few spheres with a noisy surface, centred inside the lungs
+    label = np.zeros(shape, dtype=np.uint8)
+    if n_tumours is None:
+        n_tumours = int(rng.choice([0, 1, 1, 2, 2, 3, 4]))
+    placed = 0
+    for _ in range(n_tumours * 20):
+        if placed >= n_tumours or len(lung_idx) == 0:
+            break
+        centre_vox = lung_idx[rng.integers(len(lung_idx))]
+        centre = centre_vox * spacing
+        radius = float(rng.uniform(4.0, 16.0))  # mm
+        lo = np.maximum(((centre - 1.6 * radius) / spacing).astype(int), 0)
+        hi = np.minimum(((centre + 1.6 * radius) / spacing).astype(int) + 1, shape)
+        sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+        if lung[sl].mean() < 0.6 or label[sl].any():
+            continue  # keep tumours inside the lung and apart from each other
+        dist = np.full(hi - lo, np.inf, dtype=np.float32)
+        for _lobe in range(int(rng.integers(2, 6))):
+            c = centre + rng.normal(scale=0.35 * radius, size=3)
+            r = radius * rng.uniform(0.45, 0.85)
+            d = np.sqrt(sum((g[sl] - cc) ** 2 for g, cc in zip(grid, c))) - r
+            dist = np.minimum(dist, d)
+        rough = _smooth_noise(rng, dist.shape, sigma=max(1.0, radius / spacing.mean() / 3))
+        blob = (dist + 0.18 * radius * rough) <= 0
+        if blob.sum() < 8:
+            continue
+        label[sl][blob] = 1
+        img[sl][blob] = TUMOUR_HU + rng.normal(0, 15, size=int(blob.sum()))
+        placed += 1
+
+    # partial-volume blur and scanner noise
+    img = ndimage.gaussian_filter(img, sigma=0.6)
+    img += rng.normal(0.0, rng.uniform(15, 35), size=shape).astype(np.float32)
+    img = np.clip(np.rint(img), -1024, 3071).astype(np.int16)
+    return img, label, phantom_affine(spacing, rot, shape)
+
+
+def write_msd_dataset(out_dir: str | Path, num_train: int = 12, num_test: int = 4, seed: int = 0,
+                      spec: PhantomSpec | None = None, progress: bool = False) -> Path:
+    """Write a synthetic Task06_Lung-style MSD dataset of phantoms and return the dataset.json path.
+
+    Args:
+        out_dir: dataset folder (created).
+        num_train: phantoms in ``imagesTr``/``labelsTr``.
+        num_test: unseen phantoms in ``imagesTs`` (their labels go to ``labelsTs`` for scoring).
+        seed: base seed; case ``n`` uses ``seed * 1000 + n``.
+        spec: phantom size.
+        progress: show a progress bar.
+    """
+    out = Path(out_dir)
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    cases = [("Tr", i) for i in range(num_train)] + [("Ts", 100 + i) for i in range(num_test)]
+    iterator = cases
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(cases, desc="phantoms", unit="case")
+    training, test = [], []
+    for part, idx in iterator:
+        name = f"lung_{idx:03d}.nii.gz"
+        img, lab, aff = make_phantom(seed * 1000 + idx, spec)
+        write_nifti(img, aff, out / f"images{part}" / name)
+        write_nifti(lab, aff, out / f"labels{part}" / name)
+        if part == "Tr":
+            training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+        else:
+            test.append(f"./imagesTs/{name}")
+    meta = {
+        "name": "Lung (synthetic phantoms)",
+        "description": "Synthetic chest CT phantoms with lung tumours generated by monai-pipeline",
+        "reference": "monai_pipeline.synthetic",
+        "licence": "CC0 (generated data)",
+        "release": "1.0",
+        "tensorImageSize": "3D",
+        "modality": {"0": "CT"},
+        "labels": {"0": "background", "1": "cancer"},
+        "numTraining": len(training),
+        "numTest": len(test),
+        "training": training,
+        "test": test,
+    }
+    path = out / "dataset.json"
+    atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
+    logger.info("wrote %d training and %d test phantoms to %s", len(training), len(test), out)
+    return path

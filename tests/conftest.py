@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny synthetic MSD datasets, the real data folder, and a runner for bundle commands."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = (ROOT.parent / "shared" / "data").resolve()
+LUNG_BUNDLE = ROOT / "bundles" / "lung_ct_tumor_segmentation"
+VENV_BIN = Path(sys.executable).parent
+
+# overrides that make bundle runs take seconds on tiny phantoms
+TINY = ["--patch_size", "[32,32,16]", "--pixdim", "[4.0,4.0,5.0]", "--num_workers", "0", "--sw_batch_size", "2"]
+
+
+def shared(*parts: str) -> Path:
+    """Path under ../shared/data, or skip the test with the reason when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} is absent (tests read ../shared/data)")
+    return path
+
+
+def run_cmd(args: list[str], cwd: Path | str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command with the venv's executables first on PATH; fail with its output when it fails."""
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONUNBUFFERED="1",
+               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    proc = subprocess.run(args, cwd=str(cwd), env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        pytest.fail(f"command failed ({proc.returncode}): {' '.join(map(str, args))}\n--- stdout\n"
+                    f"{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_msd(tmp_path_factory) -> Path:
+    """A small synthetic Task06_Lung dataset: 6 training and 2 test phantoms of 48x48x24 voxels at ~5x5x8 mm."""
+    from monai_pipeline.synthetic import PhantomSpec, write_msd_dataset
+
+    out = tmp_path_factory.mktemp("msd") / "Task06_Lung"
+    write_msd_dataset(out, num_train=6, num_test=2, seed=3, spec=PhantomSpec((48, 48, 24), (5.0, 5.0, 8.0)))
+    return out
+
+
+@pytest.fixture()
+def bundle_copy(tmp_path) -> Path:
+    """A copy of the lung bundle folder, so commands run from it can write models/ and eval/ freely."""
+    dest = tmp_path / "lung_ct_tumor_segmentation"
+    shutil.copytree(LUNG_BUNDLE, dest)
+    return dest
