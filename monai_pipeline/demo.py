@@ -28,9 +28,9 @@ logger = logging.getLogger(__name__)
 # Sized so the whole demo runs in a few minutes on 2 CPU cores; all are ordinary bundle overrides.
 DEMO_SETTINGS = {
     "pixdim": [2.0, 2.0, 2.5],
-    "patch_size": [96, 96, 48],
+    "patch_size": [64, 64, 32],
     "batch_size": 2,
-    "num_samples": 2,
+    "num_samples": 4,
     "elastic_prob": 0.1,
     "learning_rate": 0.002,
     "val_fraction": 0.2,

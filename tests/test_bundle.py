@@ -1,0 +1,191 @@
+"""The lung bundle through the real ``python -m monai.bundle`` entry point, on tiny synthetic phantoms.
+
+One module-scoped training run provides the model that evaluate, inference, export and resume reuse.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import LUNG_BUNDLE, ROOT, TINY, VENV_BIN, run_cmd, shared
+from test_export import assert_same_geometry
+
+PY = str(VENV_BIN / "python")
+CFG_TRAIN = "['configs/common.json','configs/train.json']"
+CFG_EVAL = "['configs/common.json','configs/evaluate.json']"
+CFG_INFER = "['configs/common.json','configs/inference.json']"
+
+
+def bundle(*args: str) -> list[str]:
+    return [PY, "-m", "monai.bundle", *args]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_msd) -> Path:
+    """A bundle copy trained for 2 epochs on the tiny dataset (models/ and eval/ inside it)."""
+    root = tmp_path_factory.mktemp("trained") / "lung"
+    shutil.copytree(LUNG_BUNDLE, root)
+    shutil.copytree(ROOT / "configs", root / "overlays")
+    proc = run_cmd(bundle("run", "--config_file", CFG_TRAIN, "--dataset_dir", str(tiny_msd), "--epochs", "2",
+                          "--val_interval", "1", "--val_fraction", "0.34", *TINY), cwd=root)
+    (root / "train.log").write_text(proc.stdout + proc.stderr)
+    return root
+
+
+def test_train_writes_model_checkpoint_and_logs(trained):
+    assert (trained / "models" / "model.pt").is_file()
+    assert (trained / "models" / "checkpoint_epoch=2.pt").is_file()
+    assert list((trained / "eval" / "tensorboard").glob("events.out.tfevents.*"))
+    log = (trained / "train.log").read_text()
+    assert "Epoch: 2/2" in log and "val_mean_dice" in log
+    ckpt = torch.load(trained / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    assert set(ckpt) >= {"model", "optimizer", "lr_scheduler", "trainer"}
+    assert ckpt["trainer"]["iteration"] == 2 * ckpt["trainer"]["epoch_length"]  # two full epochs
+
+
+def test_resume_continues_from_latest_checkpoint(trained, tiny_msd, tmp_path):
+    root = tmp_path / "lung"
+    shutil.copytree(trained, root)
+    proc = run_cmd(bundle("run", "--config_file", CFG_TRAIN, "--dataset_dir", str(tiny_msd), "--epochs", "3",
+                          "--val_interval", "1", "--val_fraction", "0.34", "--resume", "True", *TINY), cwd=root)
+    log = proc.stdout + proc.stderr
+    assert "Epoch: 3/3" in log
+    assert "Epoch: 1/3" not in log and "Epoch: 2/3" not in log  # epochs 1-2 came from the checkpoint
+    assert (root / "models" / "checkpoint_epoch=3.pt").is_file()
+    ckpt = torch.load(root / "models" / "checkpoint_epoch=3.pt", map_location="cpu", weights_only=True)
+    assert ckpt["trainer"]["iteration"] == 3 * ckpt["trainer"]["epoch_length"]
+
+
+def test_evaluate_writes_per_case_metrics(trained, tiny_msd):
+    run_cmd(bundle("run", "--config_file", CFG_EVAL, "--dataset_dir", str(tiny_msd), "--val_fraction", "0.34",
+                   *TINY), cwd=trained)
+    raw = (trained / "eval" / "val_mean_dice_raw.csv").read_text().splitlines()
+    assert raw[0].startswith("filename") and len(raw) == 1 + 2  # two validation phantoms
+    for pred in (trained / "eval" / "predictions").glob("*_seg.nii.gz"):
+        source = tiny_msd / "imagesTr" / pred.name.replace("_seg", "")
+        assert_same_geometry(source, pred)
+
+
+def test_inference_masks_in_source_geometry(trained, tiny_msd, tmp_path):
+    out = tmp_path / "masks"
+    run_cmd(bundle("run", "--config_file", CFG_INFER, "--dataset_dir", str(tiny_msd), "--output_dir", str(out),
+                   *TINY), cwd=trained)
+    sources = sorted((tiny_msd / "imagesTs").glob("*.nii.gz"))
+    directions = set()
+    for src in sources:
+        mask = out / src.name.replace(".nii.gz", "_seg.nii.gz")
+        assert_same_geometry(src, mask)
+        assert set(np.unique(np.asarray(nib.load(str(mask)).dataobj))) <= {0, 1}
+        directions.add(tuple(np.round(nib.load(str(src)).affine[:3, :3].ravel(), 3)))
+    assert len(directions) == len(sources)  # the test phantoms really differ in orientation
+
+
+def test_inference_on_rotated_flipped_anisotropic_phantoms(trained, tmp_path):
+    from monai_pipeline.io import write_nifti
+    from monai_pipeline.synthetic import PhantomSpec, make_phantom
+
+    paths = []
+    for seed, direction in [(11, "rotated"), (12, "flipped"), (13, "identity")]:
+        img, _, aff = make_phantom(seed, PhantomSpec((40, 44, 14), (3.1, 2.7, 9.0)), direction=direction)
+        paths.append(str(write_nifti(img, aff, tmp_path / f"ph_{direction}.nii.gz")))
+    out = tmp_path / "masks"
+    run_cmd(bundle("run", "--config_file", CFG_INFER, "--datalist", json.dumps(paths), "--output_dir", str(out),
+                   *TINY), cwd=trained)
+    for p in paths:
+        assert_same_geometry(Path(p), out / Path(p).name.replace(".nii.gz", "_seg.nii.gz"))
+
+
+def test_inference_on_slicer_nrrd(trained, tmp_path):
+    src = shared("ct_chest_slicerio", "CTChest4.nrrd")
+    out = tmp_path / "masks"
+    for ext in (".nrrd", ".nii.gz"):
+        run_cmd(bundle("run", "--config_file", CFG_INFER, "--datalist", json.dumps([str(src)]), "--output_dir",
+                       str(out), "--output_ext", ext, *TINY), cwd=trained)
+        assert_same_geometry(src, out / f"CTChest4_seg{ext}", tol=1e-4)
+
+
+def test_inference_refuses_bad_input_and_writes_nothing(trained, tmp_path):
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"\x1f\x8b\x08\x00garbage")
+    out = tmp_path / "masks"
+    proc = run_cmd(bundle("run", "--config_file", CFG_INFER, "--datalist", json.dumps([str(bad)]), "--output_dir",
+                          str(out), *TINY), cwd=trained, check=False)
+    assert proc.returncode != 0
+    assert "broken.nii.gz" in proc.stderr + proc.stdout
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_segresnet_overlay_trains(trained, tiny_msd, tmp_path):
+    root = tmp_path / "lung"
+    shutil.copytree(LUNG_BUNDLE, root)
+    cfg = "['configs/common.json','configs/train.json','../../configs/network_segresnet.json']"
+    cfg = cfg.replace("../../configs", str(ROOT / "configs"))
+    run_cmd(bundle("run", "--config_file", cfg, "--dataset_dir", str(tiny_msd), "--epochs", "1", "--val_interval",
+                   "1", *TINY), cwd=root)
+    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert any(k.startswith("convInit") for k in state)  # SegResNet's layer names, not UNet's
+
+
+def test_mlflow_tracking_offline(tiny_msd, bundle_copy):
+    pytest.importorskip("mlflow")
+    run_cmd(bundle("run", "--config_file", CFG_TRAIN, "--dataset_dir", str(tiny_msd), "--epochs", "1",
+                   "--val_interval", "1", "--tracking", "mlflow", *TINY), cwd=bundle_copy)
+    store = bundle_copy / "eval" / "mlruns"
+    assert store.is_dir() and any(store.rglob("*")), "no local MLflow store under output_dir"
+
+
+def test_multi_process_training_with_torchrun(tiny_msd, bundle_copy):
+    cfg = "['configs/common.json','configs/train.json','configs/multi_gpu_train.json']"
+    proc = run_cmd([str(VENV_BIN / "torchrun"), "--nproc_per_node=2", "-m", "monai.bundle", "run", "--config_file",
+                    cfg, "--dataset_dir", str(tiny_msd), "--epochs", "2", "--val_interval", "1", "--val_fraction",
+                    "0.34", *TINY], cwd=bundle_copy)
+    assert (bundle_copy / "models" / "model.pt").is_file()
+    assert (bundle_copy / "models" / "checkpoint_epoch=2.pt").is_file()
+    state = torch.load(bundle_copy / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in state)  # saved unwrapped: inference loads it as is
+    assert "Epoch: 2/2" in proc.stdout + proc.stderr
+
+
+def test_verify_metadata_with_shipped_schema(bundle_copy):
+    schema = bundle_copy.parent / "schemas" / "meta_schema.json"
+    schema.parent.mkdir(exist_ok=True)
+    shutil.copy(LUNG_BUNDLE.parent / "schemas" / "meta_schema.json", schema)
+    proc = run_cmd(bundle("verify_metadata", "--meta_file", "configs/metadata.json", "--filepath",
+                          "../schemas/meta_schema.json"), cwd=bundle_copy)
+    assert "metadata is verified with no error" in proc.stdout + proc.stderr
+    meta = json.loads((bundle_copy / "configs" / "metadata.json").read_text())
+    del meta["network_data_format"]["inputs"]["image"]["num_channels"]
+    (bundle_copy / "configs" / "metadata.json").write_text(json.dumps(meta))
+    proc = run_cmd(bundle("verify_metadata", "--meta_file", "configs/metadata.json", "--filepath",
+                          "../schemas/meta_schema.json"), cwd=bundle_copy, check=False)
+    assert proc.returncode != 0 and "num_channels" in proc.stderr + proc.stdout
+
+
+def test_verify_net_in_out(bundle_copy):
+    proc = run_cmd(bundle("verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
+                          "--config_file", CFG_INFER), cwd=bundle_copy)
+    assert "verified with no error" in proc.stdout + proc.stderr
+
+
+def test_ckpt_export_torchscript_matches_checkpoint(trained):
+    run_cmd(bundle("ckpt_export", "network_def", "--filepath", "models/model.ts", "--ckpt_file", "models/model.pt",
+                   "--meta_file", "configs/metadata.json", "--config_file", CFG_INFER), cwd=trained)
+    from monai.networks.nets import UNet
+
+    common = json.loads((trained / "configs" / "common.json").read_text())["network_def"]
+    kwargs = {k: v for k, v in common.items() if k != "_target_"}
+    kwargs["out_channels"] = 2
+    net = UNet(**kwargs)
+    net.load_state_dict(torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True))
+    net.eval()
+    ts = torch.jit.load(str(trained / "models" / "model.ts"), map_location="cpu")
+    x = torch.randn(1, 1, 32, 32, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        np.testing.assert_allclose(ts(x).numpy(), net(x).numpy(), rtol=1e-4, atol=1e-5)
