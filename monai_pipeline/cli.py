@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synthetic lung CT -> train -> evaluate -> infer -> summary (minutes on a CPU)")
     p.add_argument("--out", default="demo_output", help="working folder (default: ./demo_output)")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--num-train", type=int, default=12)
     p.add_argument("--num-test", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)

@@ -36,6 +36,7 @@ __all__ = [
     "msd_test_datalist",
     "image_datalist",
     "lidc_datalist",
+    "lidc_split",
     "split_train_val",
     "kfold_split",
     "patient_id",
@@ -98,8 +99,8 @@ class ImageInfo(dict):
         return self["affine"]
 
 
-def _check_gzip_complete(path: Path, expected_bytes: int | None) -> None:
-    """Read a gzip stream to its end so truncation and CRC errors surface now, not mid-training."""
+def _gzip_payload_size(path: Path) -> int:
+    """Read a gzip stream to its end (so truncation and CRC errors surface now, not mid-training)."""
     total = 0
     try:
         with gzip.open(path, "rb") as fh:
@@ -110,27 +111,27 @@ def _check_gzip_complete(path: Path, expected_bytes: int | None) -> None:
                 total += len(chunk)
     except (EOFError, OSError, zlib.error) as err:
         raise DataError(f"{path}: corrupted or truncated gzip stream ({err})") from None
-    if expected_bytes is not None and total < expected_bytes:
-        raise DataError(f"{path}: file holds {total} bytes of data, its header needs {expected_bytes}")
+    return total
 
 
 def _nifti_info(path: Path) -> ImageInfo:
     import nibabel as nib
 
+    compressed = path.name.lower().endswith(".gz")
+    payload = _gzip_payload_size(path) if compressed else path.stat().st_size
     try:
         img = nib.load(str(path))
     except Exception as err:  # nibabel raises several types for bad headers
-        raise DataError(f"{path}: not a readable NIfTI file ({type(err).__name__}: {err})") from None
+        detail = str(err).replace(str(path), "").strip(' "') or type(err).__name__
+        raise DataError(f"{path}: not a readable NIfTI file ({detail})") from None
     hdr = img.header
     shape = tuple(int(s) for s in img.shape)
     offset = int(getattr(img.dataobj, "offset", hdr.get_data_offset()))
     expected = offset + int(np.prod(shape)) * np.dtype(hdr.get_data_dtype()).itemsize
-    if path.name.lower().endswith(".gz"):
-        _check_gzip_complete(path, expected)
-    elif path.stat().st_size < expected:
-        raise DataError(f"{path}: file is {path.stat().st_size} bytes, its header needs {expected}")
+    if payload < expected:
+        raise DataError(f"{path}: file holds {payload} bytes of data, its header needs {expected} (truncated?)")
     # nibabel silently replaces zero pixdims by 1 on load: read the raw header to see what is on disk
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    opener = gzip.open if compressed else open
     with opener(path, "rb") as fh:
         raw = type(hdr).from_fileobj(fh, check=False)
     zooms = tuple(float(z) for z in raw["pixdim"][1 : 1 + min(len(shape), 3)])
@@ -461,8 +462,22 @@ def lidc_datalist(root: str | os.PathLike, validate: bool = True) -> list[dict]:
     return validate_datalist(items) if validate else items
 
 
-def lidc_split(root: str | os.PathLike, split: str = "train", val_fraction: float = 0.2, seed: int = 0,
-               max_cases: int | None = None) -> list[dict]:
-    """Patient-level fixed-seed split of the LIDC crops (``split``: train, val or all)."""
-    items = _select(lidc_datalist(root), [], split, "random", val_fraction, seed, 5, 0, str(root))
+def lidc_split(root: str | os.PathLike, split: str = "train", val_fraction: float = 0.1, test_fraction: float = 0.2,
+               seed: int = 0, max_cases: int | None = None) -> list[dict]:
+    """Three-way, fixed-seed, patient-level split of the LIDC crops.
+
+    ``test_fraction`` of the patients are held out first (``split="test"``: reported figures only); of the
+    rest, ``val_fraction`` of all patients validate (checkpoint choice, early stopping) and the others
+    train. ``split="all"`` returns every case.
+    """
+    items = lidc_datalist(root)
+    if split != "all":
+        dev, test = split_train_val(items, test_fraction, seed)
+        if split == "test":
+            items = test
+        else:
+            train, val = split_train_val(dev, val_fraction / max(1e-9, 1.0 - test_fraction), seed + 1)
+            if split not in ("train", "val"):
+                raise ValueError(f"split must be 'train', 'val', 'test' or 'all', got {split!r}")
+            items = train if split == "train" else val
     return items[: int(max_cases)] if max_cases is not None else items

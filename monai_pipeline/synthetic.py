@@ -190,6 +190,9 @@ def make_phantom(seed: int, spec: PhantomSpec | None = None, n_tumours: int | No
             dist = np.minimum(dist, d)
         rough = _smooth_noise(rng, dist.shape, sigma=max(1.0, radius / spacing.mean() / 3))
         blob = (dist + 0.18 * radius * rough) <= 0
+        parts, n_parts = ndimage.label(blob)
+        if n_parts > 1:  # a rough surface can split off islands: keep the tumour in one piece
+            blob = parts == 1 + int(np.argmax(np.bincount(parts.ravel())[1:]))
         if blob.sum() < 8:
             continue
         label[sl][blob] = 1

@@ -15,6 +15,8 @@ SHARED_DATA = (ROOT.parent / "shared" / "data").resolve()
 LUNG_BUNDLE = ROOT / "bundles" / "lung_ct_tumor_segmentation"
 VENV_BIN = Path(sys.executable).parent
 
+CFG_TRAIN = "['configs/common.json','configs/train.json']"
+
 # overrides that make bundle runs take seconds on tiny phantoms
 TINY = ["--patch_size", "[32,32,16]", "--pixdim", "[4.0,4.0,5.0]", "--num_workers", "0", "--sw_batch_size", "2"]
 
@@ -54,3 +56,21 @@ def bundle_copy(tmp_path) -> Path:
     dest = tmp_path / "lung_ct_tumor_segmentation"
     shutil.copytree(LUNG_BUNDLE, dest)
     return dest
+
+
+def bundle(*args: str) -> list[str]:
+    """``python -m monai.bundle <args>`` with the venv's Python."""
+    return [str(VENV_BIN / "python"), "-m", "monai.bundle", *args]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, tiny_msd) -> Path:
+    """A bundle copy trained for 2 epochs on the tiny dataset (models/ and eval/ inside it)."""
+    root = tmp_path_factory.mktemp("trained") / "lung"
+    shutil.copytree(LUNG_BUNDLE, root)
+    proc = run_cmd(bundle("run", "--config_file", CFG_TRAIN, "--dataset_dir", str(tiny_msd), "--epochs", "2",
+                          "--val_interval", "1", "--val_fraction", "0.34", *TINY), cwd=root)
+    (root / "train.log").write_text(proc.stdout + proc.stderr)
+    return root
+
+

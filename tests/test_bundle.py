@@ -1,6 +1,6 @@
 """The lung bundle through the real ``python -m monai.bundle`` entry point, on tiny synthetic phantoms.
 
-One module-scoped training run provides the model that evaluate, inference, export and resume reuse.
+One session-scoped training run (conftest.trained) provides the model that evaluate, inference, export and resume reuse.
 """
 
 from __future__ import annotations
@@ -14,29 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import LUNG_BUNDLE, ROOT, TINY, VENV_BIN, run_cmd, shared
+from conftest import CFG_TRAIN, LUNG_BUNDLE, ROOT, TINY, VENV_BIN, bundle, run_cmd, shared
 from test_export import assert_same_geometry
 
-PY = str(VENV_BIN / "python")
-CFG_TRAIN = "['configs/common.json','configs/train.json']"
 CFG_EVAL = "['configs/common.json','configs/evaluate.json']"
 CFG_INFER = "['configs/common.json','configs/inference.json']"
-
-
-def bundle(*args: str) -> list[str]:
-    return [PY, "-m", "monai.bundle", *args]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_msd) -> Path:
-    """A bundle copy trained for 2 epochs on the tiny dataset (models/ and eval/ inside it)."""
-    root = tmp_path_factory.mktemp("trained") / "lung"
-    shutil.copytree(LUNG_BUNDLE, root)
-    shutil.copytree(ROOT / "configs", root / "overlays")
-    proc = run_cmd(bundle("run", "--config_file", CFG_TRAIN, "--dataset_dir", str(tiny_msd), "--epochs", "2",
-                          "--val_interval", "1", "--val_fraction", "0.34", *TINY), cwd=root)
-    (root / "train.log").write_text(proc.stdout + proc.stderr)
-    return root
 
 
 def test_train_writes_model_checkpoint_and_logs(trained):

@@ -222,6 +222,9 @@ def test_lidc_reader_real_data():
     from monai_pipeline.data import validate_datalist
 
     validate_datalist(validate_some)
-    train, val = lidc_split(root, "train"), lidc_split(root, "val")
-    assert len(train) + len(val) == 885
-    assert not {d["patient"] for d in train} & {d["patient"] for d in val}
+    parts = {s: lidc_split(root, s) for s in ("train", "val", "test")}
+    assert sum(len(v) for v in parts.values()) == 885
+    patients = {s: {d["patient"] for d in v} for s, v in parts.items()}
+    assert not patients["train"] & patients["val"] and not patients["train"] & patients["test"]
+    assert not patients["val"] & patients["test"]
+    assert 0.15 < len(patients["test"]) / 496 < 0.25 and 0.05 < len(patients["val"]) / 496 < 0.15

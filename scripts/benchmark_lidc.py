@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""LIDC-IDRI nodule benchmark for the lung bundle: train on patients, report Dice on unseen patients.
+
+Trains the lung bundle (its own configs, with the ``configs/lidc_nodules.json`` overlay for patch size,
+spacing and the dataset) on a fixed-seed patient-level split of ``../shared/data/lidc_nodules``:
+train / validation (checkpoint choice, early stopping) / test (reported only, never used to choose
+anything). Then runs the bundle's evaluate workflow on the test patients and writes
+``benchmarks/results/lidc_nodule_dice.json`` with the figures, the command, the device and the git revision.
+
+    .venv/bin/python scripts/benchmark_lidc.py --epochs 40          # resumable: run it again to continue
+
+Progress is the bundle's epoch log; ``--resume`` (default on) continues from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from monai_pipeline.bundles import run_bundle  # noqa: E402
+from monai_pipeline.data import lidc_split  # noqa: E402
+from monai_pipeline.io import atomic_write_text  # noqa: E402
+from monai_pipeline.training import latest_checkpoint  # noqa: E402
+
+
+def git_rev() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return rev.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "lidc_nodules"))
+    ap.add_argument("--work", default=str(ROOT / "runs" / "lidc"), help="checkpoints and logs")
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-resume", action="store_true")
+    ap.add_argument("--max-cases", type=int, default=None, help="quick check on a subset")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lidc_nodule_dice.json"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra bundle override")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    data = Path(args.data)
+    if not (data / "index.csv").is_file():
+        print(f"error: {data}/index.csv not found: point --data at the lidc_nodules folder", file=sys.stderr)
+        return 2
+    work = Path(args.work)
+    overlay = [str(ROOT / "configs" / "lidc_nodules.json")]
+    extra = {}
+    for item in args.set:
+        k, v = item.split("=", 1)
+        try:
+            extra[k] = json.loads(v)
+        except json.JSONDecodeError:
+            extra[k] = v
+    overrides = dict(dataset_dir=str(data.resolve()), ckpt_dir=str(work / "models"), seed=args.seed,
+                     max_cases=args.max_cases, **extra)
+    resume = not args.no_resume and latest_checkpoint(work / "models") is not None
+
+    t0 = time.perf_counter()
+    run_bundle("lung", "train", overlay, epochs=args.epochs, output_dir=str(work / "train"), resume=resume,
+               **overrides)
+    train_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    run_bundle("lung", "evaluate", overlay, output_dir=str(work / "test"), save_predictions=False, **overrides)
+    eval_s = time.perf_counter() - t1
+
+    with open(work / "test" / "val_mean_dice_raw.csv", newline="") as fh:
+        rows = [(Path(r["filename"]).name, float(r["mean"])) for r in csv.DictReader(fh)]
+    dice = [d for _, d in rows]
+    split = {s: lidc_split(data, s, seed=args.seed, max_cases=args.max_cases) for s in ("train", "val", "test")}
+    last = latest_checkpoint(work / "models")
+    state = torch.load(last, map_location="cpu", weights_only=True)["trainer"] if last else {}
+    epochs_done = int(state.get("iteration", 0) // max(1, state.get("epoch_length", 1))) if state else None
+    result = {
+        "dataset": "LIDC-IDRI nodule crops (../shared/data/lidc_nodules), patient-level split",
+        "n_train": len(split["train"]),
+        "n_val": len(split["test"]),
+        "n_val_note": "n_val counts the held-out test nodules the figures are measured on; "
+                      f"{len(split['val'])} further nodules of other patients chose the checkpoint",
+        "n_selection": len(split["val"]),
+        "n_train_patients": len({d["patient"] for d in split["train"]}),
+        "n_test_patients": len({d["patient"] for d in split["test"]}),
+        "mean_dice": statistics.fmean(dice),
+        "median_dice": statistics.median(dice),
+        "std_dice": statistics.pstdev(dice),
+        "fraction_dice_ge_0.85": sum(d >= 0.85 for d in dice) / len(dice),
+        "metric": "Dice per nodule (foreground), in each crop's source geometry after Invertd",
+        "epochs": epochs_done if epochs_done is not None else args.epochs,
+        "epochs_requested": args.epochs,
+        "device": str(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
+        "cpu_model": cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+        "train_seconds_this_run": round(train_s, 1),
+        "eval_seconds": round(eval_s, 1),
+        "command": " ".join(["python", "scripts/benchmark_lidc.py"] + [shlex.quote(a) for a in (argv or sys.argv[1:])]),
+        "git_rev": git_rev(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "per_nodule": [{"case": n, "dice": round(d, 4)} for n, d in rows],
+    }
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "per_nodule"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
