@@ -8,3 +8,5 @@ Stages (one module each, data flowing one way): :mod:`data` -> :mod:`transforms`
 __version__ = "0.1.0"
 
 from monai_pipeline import data, evaluation, export, io, networks, training, transforms  # noqa: E402,F401
+
+# `inference`, `bundles`, `demo`, `synthetic` and `cli` are imported on use

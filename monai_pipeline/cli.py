@@ -64,14 +64,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from monai_pipeline.bundles import run_bundle
-    from monai_pipeline.data import msd_datalist
+    from monai_pipeline.training import train
 
-    msd_datalist(args.dataset_dir, split="all")  # validate every input before any work starts
-    overrides = _overrides(args, dataset_dir=str(Path(args.dataset_dir).resolve()), output_dir=args.output_dir,
-                           ckpt_dir=args.ckpt_dir, epochs=args.epochs, val_interval=args.val_interval,
-                           resume=args.resume or None)
-    run_bundle(args.bundle, "multi_gpu_train" if args.distributed else "train", args.config, args.tracking, **overrides)
+    overrides = _overrides(args, output_dir=args.output_dir, ckpt_dir=args.ckpt_dir, epochs=args.epochs,
+                           val_interval=args.val_interval, resume=args.resume or None)
+    train(args.dataset_dir, args.bundle, tuple(args.config), args.distributed, args.tracking, **overrides)
     return 0
 
 
@@ -85,15 +82,11 @@ def cmd_evaluate_bundle(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from monai_pipeline.bundles import run_bundle
-    from monai_pipeline.data import image_datalist
+    from monai_pipeline.inference import predict
 
     images = args.images[0] if len(args.images) == 1 else args.images
-    datalist = [d["image"] for d in image_datalist(images)]  # validated before the model is built
-    overrides = _overrides(args, datalist=datalist, output_dir=args.output_dir, ckpt_dir=args.ckpt_dir,
-                           output_ext=args.ext)
-    run_bundle(args.bundle, "inference", args.config, **overrides)
-    print(f"masks written to {args.output_dir}")
+    masks = predict(images, args.ckpt_dir, args.output_dir, args.bundle, args.ext, args.config, **_overrides(args))
+    print(f"{len(masks)} mask(s) written to {args.output_dir}")
     return 0
 
 

@@ -18,8 +18,10 @@ from monai_pipeline.bundles import run_bundle
 from monai_pipeline.data import msd_datalist
 from monai_pipeline.evaluation import score_pairs
 from monai_pipeline.export import mask_path
+from monai_pipeline.inference import predict
 from monai_pipeline.io import atomic_write_text
 from monai_pipeline.synthetic import PhantomSpec, write_msd_dataset
+from monai_pipeline.training import train
 
 __all__ = ["run_demo", "DEMO_SETTINGS"]
 
@@ -43,25 +45,29 @@ def _banner(text: str) -> None:
 
 
 def run_demo(out: str | Path = "demo_output", epochs: int = 30, num_train: int = 12, num_test: int = 4,
-             seed: int = 0, device: str | None = None) -> dict:
-    """Run the demo in ``out`` and return the summary dict (also written to ``out/summary.json``)."""
+             seed: int = 0, device: str | None = None, spec: PhantomSpec | None = None,
+             settings: dict | None = None) -> dict:
+    """Run the demo in ``out`` and return the summary dict (also written to ``out/summary.json``).
+
+    ``spec`` sizes the phantoms and ``settings`` updates :data:`DEMO_SETTINGS` (bundle overrides).
+    """
     out = Path(out).resolve()
     data_dir, ckpt_dir = out / "data", out / "models"
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
     _banner(f"1/4 synthetic lung CT: {num_train} training + {num_test} unseen test phantoms -> {data_dir}")
-    write_msd_dataset(data_dir, num_train, num_test, seed, PhantomSpec(), progress=True)
+    write_msd_dataset(data_dir, num_train, num_test, seed, spec or PhantomSpec(), progress=True)
     timings["synthesise_s"] = time.perf_counter() - t0
 
-    overrides = dict(DEMO_SETTINGS, dataset_dir=str(data_dir), ckpt_dir=str(ckpt_dir), seed=seed)
+    overrides = dict(DEMO_SETTINGS, **(settings or {}), dataset_dir=str(data_dir), ckpt_dir=str(ckpt_dir), seed=seed)
     if device:
         overrides["device"] = f"$torch.device('{device}')"
 
     _banner(f"2/4 training the lung bundle for {epochs} epochs")
     t = time.perf_counter()
-    run_bundle("lung", "train", epochs=epochs, val_interval=max(1, epochs // 5),
-               output_dir=str(out / "train"), **overrides)
+    train(data_dir, epochs=epochs, val_interval=max(1, epochs // 5), output_dir=str(out / "train"),
+          **{k: v for k, v in overrides.items() if k != "dataset_dir"})
     timings["train_s"] = time.perf_counter() - t
 
     _banner("3/4 evaluating on the validation phantoms (bundle evaluate.json, source geometry)")
@@ -78,9 +84,10 @@ def run_demo(out: str | Path = "demo_output", epochs: int = 30, num_train: int =
     t = time.perf_counter()
     test_images = [d["image"] for d in msd_datalist(data_dir, split="test")]
     masks_dir = out / "masks"
-    run_bundle("lung", "inference", datalist=test_images, output_dir=str(masks_dir), **overrides)
+    infer_overrides = {k: v for k, v in overrides.items() if k not in ("dataset_dir", "ckpt_dir")}
+    masks = predict(test_images, ckpt_dir, masks_dir, **infer_overrides)
     timings["inference_s"] = time.perf_counter() - t
-    pairs = [(mask_path(img, masks_dir), data_dir / "labelsTs" / Path(img).name) for img in test_images]
+    pairs = [(m, data_dir / "labelsTs" / Path(img).name) for m, img in zip(masks, test_images)]
     test_rows = score_pairs(pairs)
     timings["total_s"] = time.perf_counter() - t0
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import torch
 
-__all__ = ["default_device", "latest_checkpoint", "resume_handlers", "attach_handlers", "init_distributed",
+__all__ = ["train", "default_device", "latest_checkpoint", "resume_handlers", "attach_handlers", "init_distributed",
            "load_weights"]
 
 logger = logging.getLogger(__name__)
@@ -103,3 +103,17 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike, device: Any 
         state = state["model"]
     network.load_state_dict(state)
     return network
+
+
+def train(dataset_dir: str | os.PathLike, bundle: str = "lung", overlays: tuple = (), distributed: bool = False,
+          tracking: str | None = None, **overrides: Any) -> None:
+    """Validate every file of the dataset, then run the bundle's train (or multi_gpu_train) workflow.
+
+    ``overrides`` are bundle config ids (``epochs``, ``ckpt_dir``, ``output_dir``, ``resume``, ...).
+    """
+    from monai_pipeline.bundles import run_bundle
+    from monai_pipeline.data import msd_datalist
+
+    msd_datalist(dataset_dir, split="all")  # every input checked before any work starts
+    run_bundle(bundle, "multi_gpu_train" if distributed else "train", overlays, tracking,
+               dataset_dir=str(Path(dataset_dir).resolve()), **overrides)
