@@ -61,6 +61,8 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-resume", action="store_true")
+    ap.add_argument("--eval-only", action="store_true",
+                    help="skip training: evaluate the best checkpoint already in --work (e.g. after stopping a long run)")
     ap.add_argument("--max-cases", type=int, default=None, help="quick check on a subset")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lidc_nodule_dice.json"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra bundle override")
@@ -86,8 +88,9 @@ def main(argv=None) -> int:
     resume = not args.no_resume and latest_checkpoint(work / "models") is not None
 
     t0 = time.perf_counter()
-    run_bundle("lung", "train", overlay, epochs=args.epochs, output_dir=str(work / "train"), resume=resume,
-               **overrides)
+    if not args.eval_only:
+        run_bundle("lung", "train", overlay, epochs=args.epochs, output_dir=str(work / "train"), resume=resume,
+                   **overrides)
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     run_bundle("lung", "evaluate", overlay, output_dir=str(work / "test"), save_predictions=False, **overrides)
