@@ -119,8 +119,13 @@ def test_mlflow_tracking_offline(tiny_msd, bundle_copy):
     pytest.importorskip("mlflow")
     run_cmd(bundle("run", "--config_file", CFG_TRAIN, "--dataset_dir", str(tiny_msd), "--epochs", "1",
                    "--val_interval", "1", "--tracking", "mlflow", *TINY), cwd=bundle_copy)
-    store = bundle_copy / "eval" / "mlruns"
-    assert store.is_dir() and any(store.rglob("*")), "no local MLflow store under output_dir"
+    db = bundle_copy / "eval" / "mlruns.db"
+    assert db.is_file(), "no local MLflow store under output_dir"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert runs and any("train_loss" in r.data.metrics for r in runs)
 
 
 def test_multi_process_training_with_torchrun(tiny_msd, bundle_copy):

@@ -48,4 +48,4 @@ def test_docs_commands_run_as_printed(tmp_path):
     assert (cwd / "models" / "model.pt").is_file() and (cwd / "models" / "model.ts").is_file()
     assert (cwd / "eval" / "val_mean_dice_raw.csv").is_file()
     assert (cwd / "eval" / "lung_100_seg.nrrd").is_file() and (cwd / "eval" / "lung_101_seg.nii.gz").is_file()
-    assert os.path.isdir(cwd / "eval" / "mlruns")
+    assert (cwd / "eval" / "mlruns.db").is_file()
