@@ -176,7 +176,7 @@ def make_phantom(seed: int, spec: PhantomSpec | None = None, n_tumours: int | No
             break
         centre_vox = lung_idx[rng.integers(len(lung_idx))]
         centre = centre_vox * spacing
-        radius = float(rng.uniform(4.0, 16.0))  # mm
+        radius = float(rng.uniform(7.0, 20.0))  # mm: tumours of about 1-4 cm, as in MSD Task06_Lung
         lo = np.maximum(((centre - 1.6 * radius) / spacing).astype(int), 0)
         hi = np.minimum(((centre + 1.6 * radius) / spacing).astype(int) + 1, shape)
         sl = tuple(slice(a, b) for a, b in zip(lo, hi))
@@ -185,7 +185,7 @@ def make_phantom(seed: int, spec: PhantomSpec | None = None, n_tumours: int | No
         dist = np.full(hi - lo, np.inf, dtype=np.float32)
         for _lobe in range(int(rng.integers(2, 6))):
             c = centre + rng.normal(scale=0.35 * radius, size=3)
-            r = radius * rng.uniform(0.45, 0.85)
+            r = radius * rng.uniform(0.55, 0.9)
             d = np.sqrt(sum((g[sl] - cc) ** 2 for g, cc in zip(grid, c))) - r
             dist = np.minimum(dist, d)
         rough = _smooth_noise(rng, dist.shape, sigma=max(1.0, radius / spacing.mean() / 3))
