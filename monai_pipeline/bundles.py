@@ -7,12 +7,16 @@ the workflow's own file plus any overlays) and the same ``key=value`` overrides 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-__all__ = ["BUNDLES", "bundle_dir", "bundle_configs", "run_bundle"]
+from monai_pipeline.data import DataError
+
+__all__ = ["BUNDLES", "bundle_dir", "bundle_configs", "run_bundle", "resolve", "parse_overrides", "device_override"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,18 +65,69 @@ def bundle_configs(name: str, workflow: str, overlays: Sequence[str | os.PathLik
     return files
 
 
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["epochs=5", "patch_size=[64,64,32]"]`` -> ``{"epochs": 5, "patch_size": [64, 64, 32]}`` (JSON values
+    where they parse, strings otherwise)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected key=value, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def device_override(device: str | None) -> dict[str, str]:
+    """The ``device`` override for a device name (``"cpu"``, ``"cuda:1"``); empty for None (automatic)."""
+    return {"device": f"$torch.device({device!r})"} if device else {}
+
+
+@contextlib.contextmanager
+def _data_errors() -> Iterator[None]:
+    """Re-raise a :class:`DataError` that MONAI's config machinery wrapped in ``RuntimeError``s."""
+    try:
+        yield
+    except RuntimeError as err:
+        cause: BaseException | None = err
+        while cause is not None:
+            if isinstance(cause, DataError):
+                raise cause from None
+            cause = cause.__cause__ or cause.__context__
+        raise
+
+
+def resolve(name: str, workflow: str, ids: Sequence[str], overlays: Sequence[str | os.PathLike] = (),
+            **overrides: Any) -> list[Any]:
+    """Instantiate config items ``ids`` of a bundle workflow (e.g. its datalists, which validates them)."""
+    from monai.bundle import ConfigParser
+
+    root = bundle_dir(name)
+    parser = ConfigParser()
+    parser.read_config(bundle_configs(name, workflow, overlays))
+    parser.update({"bundle_root": str(root), **overrides})
+    with _data_errors():
+        return [parser.get_parsed_content(i) for i in ids]
+
+
 def run_bundle(name: str, workflow: str, overlays: Sequence[str | os.PathLike] = (), tracking: str | None = None,
                **overrides: Any) -> Any:
-    """Run a bundle workflow in this process; ``overrides`` are the bundle's config ids (``epochs=2``)."""
+    """Run a bundle workflow in this process; ``overrides`` are the bundle's config ids (``epochs=2``).
+
+    A :class:`DataError` raised while the config is built (a bad input file) comes out as itself.
+    """
     from monai.bundle import run
 
     root = bundle_dir(name)
     overrides.setdefault("bundle_root", str(root))
     logger.info("running %s %s with %s", root.name, workflow, overrides)
-    return run(
-        config_file=bundle_configs(name, workflow, overlays),
-        meta_file=str(root / "configs" / "metadata.json"),
-        logging_file=str(root / "configs" / "logging.conf"),
-        tracking=tracking,
-        **overrides,
-    )
+    with _data_errors():
+        return run(
+            config_file=bundle_configs(name, workflow, overlays),
+            meta_file=str(root / "configs" / "metadata.json"),
+            logging_file=str(root / "configs" / "logging.conf"),
+            tracking=tracking,
+            **overrides,
+        )

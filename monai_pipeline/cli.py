@@ -5,6 +5,7 @@
     monai-pipeline train --dataset-dir DIR      train a bundle (MONAI bundle run, same overrides)
     monai-pipeline infer --images PATH...       sliding-window inference, masks in the source geometry
     monai-pipeline evaluate --pred DIR --label DIR   Dice of written masks against labels
+    monai-pipeline evaluate-bundle --dataset-dir DIR  a bundle's evaluate workflow on its validation split
 
 Every bundle option is reachable with ``--set key=value`` (values parsed as JSON when they parse), and
 extra config files (``configs/*.json`` overlays) with ``--config FILE``.
@@ -23,19 +24,6 @@ from typing import Any, Sequence
 logger = logging.getLogger("monai_pipeline.cli")
 
 
-def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise SystemExit(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", default="lung", help="bundle short name or folder (default: lung)")
     p.add_argument("--config", action="append", default=[], metavar="FILE",
@@ -46,10 +34,15 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args: argparse.Namespace, **known: Any) -> dict[str, Any]:
-    out = {k: v for k, v in known.items() if v is not None}
-    if getattr(args, "device", None):
-        out["device"] = f"$torch.device('{args.device}')"
-    out.update(_parse_sets(args.set))
+    """``--set`` values, then ``--device``, then the named options given on the command line (these win)."""
+    from monai_pipeline.bundles import device_override, parse_overrides
+
+    try:
+        out = parse_overrides(args.set)
+    except ValueError as err:
+        raise SystemExit(f"--set: {err}") from None
+    out.update(device_override(getattr(args, "device", None)))
+    out.update({k: v for k, v in known.items() if v is not None})
     return out
 
 
@@ -68,6 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = _overrides(args, output_dir=args.output_dir, ckpt_dir=args.ckpt_dir, epochs=args.epochs,
                            val_interval=args.val_interval, resume=args.resume or None)
+    overrides.pop("dataset_dir", None)
     train(args.dataset_dir, args.bundle, tuple(args.config), args.distributed, args.tracking, **overrides)
     return 0
 
@@ -77,7 +71,7 @@ def cmd_evaluate_bundle(args: argparse.Namespace) -> int:
 
     overrides = _overrides(args, dataset_dir=str(Path(args.dataset_dir).resolve()), output_dir=args.output_dir,
                            ckpt_dir=args.ckpt_dir)
-    run_bundle(args.bundle, "evaluate", args.config, **overrides)
+    run_bundle(args.bundle, "evaluate", args.config, **overrides)  # a bad input file raises DataError
     return 0
 
 
@@ -85,7 +79,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from monai_pipeline.inference import predict
 
     images = args.images[0] if len(args.images) == 1 else args.images
-    masks = predict(images, args.ckpt_dir, args.output_dir, args.bundle, args.ext, args.config, **_overrides(args))
+    overrides = {k: v for k, v in _overrides(args).items() if k not in ("ckpt_dir", "output_dir", "output_ext")}
+    masks = predict(images, args.ckpt_dir, args.output_dir, args.bundle, args.ext, args.config, **overrides)
     print(f"{len(masks)} mask(s) written to {args.output_dir}")
     return 0
 
@@ -95,12 +90,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from monai_pipeline.evaluation import score_pairs
     from monai_pipeline.io import atomic_write_text
 
+    for folder in (args.pred, args.label):
+        if not Path(folder).is_dir():
+            raise DataError(f"{folder}: folder not found")
     preds = {case_id(p).removesuffix(f"_{args.postfix}"): p for p in sorted(Path(args.pred).iterdir())
              if not p.name.startswith(".") and p.is_file()}
     labels = {case_id(p): p for p in sorted(Path(args.label).iterdir()) if not p.name.startswith(".") and p.is_file()}
     missing = sorted(set(labels) ^ set(preds))
     if missing:
         raise DataError(f"no partner for case(s) {', '.join(missing)} between {args.pred} and {args.label}")
+    if not labels:
+        raise DataError(f"{args.label}: no label files to evaluate")
     rows = score_pairs([(preds[c], labels[c]) for c in sorted(labels)])
     for r in rows:
         print(f"{Path(r['label']).name:40s} dice {r['dice']:.4f}")

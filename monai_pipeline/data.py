@@ -296,6 +296,9 @@ def read_dataset_json(dataset_dir: str | os.PathLike) -> dict:
             seen.add(image)
             items.append({"image": image, "label": label, "case_id": case_id(image), "patient": patient_id(image)})
         out[section] = items
+    overlap = {d["image"] for d in out["training"]} & {d["image"] for d in out["validation"]}
+    if overlap:
+        raise DataError(f"{json_path}: {sorted(overlap)[0]} is listed in both 'training' and 'validation'")
     if not out["training"]:
         raise DataError(f"{json_path}: the 'training' list is empty")
     test = meta.get("test", [])
@@ -417,7 +420,8 @@ def image_datalist(images: str | os.PathLike | Iterable[str | os.PathLike], ndim
         elif p.suffix.lower() in (".txt", ".csv", ".lst"):
             if not p.is_file():
                 raise DataError(f"{p}: image list not found")
-            paths = [ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+            lines = [ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+            paths = [str(p.parent / ln) if not os.path.isabs(ln) else ln for ln in lines]  # relative to the list
         else:
             paths = [str(p)]
     else:
@@ -453,10 +457,11 @@ def lidc_datalist(root: str | os.PathLike, validate: bool = True) -> list[dict]:
         missing = {"patient", "image", "mask"} - set(reader.fieldnames or [])
         if missing:
             raise DataError(f"{index}: missing columns {sorted(missing)}")
-        for row in reader:
-            image, label = root / row["image"], root / row["mask"]
-            items.append({"image": str(image.resolve()), "label": str(label.resolve()),
-                          "case_id": case_id(image).removesuffix("_image"), "patient": row["patient"]})
+        for i, row in enumerate(reader):
+            image = _inside(root, row["image"], index, f"row {i + 2} image")
+            label = _inside(root, row["mask"], index, f"row {i + 2} mask")
+            items.append({"image": image, "label": label, "case_id": case_id(image).removesuffix("_image"),
+                          "patient": row["patient"]})
     if not items:
         raise DataError(f"{index}: no cases listed")
     return validate_datalist(items) if validate else items

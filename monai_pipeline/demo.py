@@ -8,15 +8,14 @@ open them in 3D Slicer.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import time
 from pathlib import Path
 
-from monai_pipeline.bundles import run_bundle
+from monai_pipeline.bundles import device_override, run_bundle
 from monai_pipeline.data import msd_datalist
-from monai_pipeline.evaluation import score_pairs
+from monai_pipeline.evaluation import read_metric_details, score_pairs
 from monai_pipeline.export import mask_path
 from monai_pipeline.inference import predict
 from monai_pipeline.io import atomic_write_text
@@ -44,7 +43,7 @@ def _banner(text: str) -> None:
     print(f"\n=== {text} ===", flush=True)
 
 
-def run_demo(out: str | Path = "demo_output", epochs: int = 30, num_train: int = 12, num_test: int = 4,
+def run_demo(out: str | Path = "demo_output", epochs: int = 40, num_train: int = 12, num_test: int = 4,
              seed: int = 0, device: str | None = None, spec: PhantomSpec | None = None,
              settings: dict | None = None) -> dict:
     """Run the demo in ``out`` and return the summary dict (also written to ``out/summary.json``).
@@ -60,9 +59,8 @@ def run_demo(out: str | Path = "demo_output", epochs: int = 30, num_train: int =
     write_msd_dataset(data_dir, num_train, num_test, seed, spec or PhantomSpec(), progress=True)
     timings["synthesise_s"] = time.perf_counter() - t0
 
-    overrides = dict(DEMO_SETTINGS, **(settings or {}), dataset_dir=str(data_dir), ckpt_dir=str(ckpt_dir), seed=seed)
-    if device:
-        overrides["device"] = f"$torch.device('{device}')"
+    overrides = {**DEMO_SETTINGS, **(settings or {}), **device_override(device), "dataset_dir": str(data_dir),
+                 "ckpt_dir": str(ckpt_dir), "seed": seed}
 
     _banner(f"2/4 training the lung bundle for {epochs} epochs")
     t = time.perf_counter()
@@ -74,11 +72,8 @@ def run_demo(out: str | Path = "demo_output", epochs: int = 30, num_train: int =
     t = time.perf_counter()
     run_bundle("lung", "evaluate", output_dir=str(out / "eval"), **overrides)
     timings["evaluate_s"] = time.perf_counter() - t
-    val_rows = []
     raw = out / "eval" / "val_mean_dice_raw.csv"
-    if raw.is_file():
-        with open(raw, newline="") as fh:
-            val_rows = [{"case": Path(r["filename"]).name, "dice": float(r["mean"])} for r in csv.DictReader(fh)]
+    val_rows = read_metric_details(raw) if raw.is_file() else []
 
     _banner("4/4 sliding-window inference on the unseen test phantoms")
     t = time.perf_counter()

@@ -12,7 +12,7 @@ from typing import Iterable
 
 import numpy as np
 
-__all__ = ["dice", "read_mask", "score_pairs"]
+__all__ = ["dice", "read_mask", "score_pairs", "read_metric_details"]
 
 
 def dice(pred: np.ndarray, label: np.ndarray, empty: float = 1.0) -> float:
@@ -40,7 +40,17 @@ def score_pairs(pairs: Iterable[tuple[str | os.PathLike, str | os.PathLike]], at
         p, pa = read_mask(pred_path)
         g, ga = read_mask(label_path)
         if p.shape != g.shape or not np.allclose(pa, ga, atol=atol_mm):
-            raise ValueError(f"{pred_path}: geometry differs from its label {label_path}")
+            from monai_pipeline.data import DataError
+
+            raise DataError(f"{pred_path}: geometry (shape {p.shape} / affine) differs from its label {label_path}")
         rows.append({"prediction": str(pred_path), "label": str(label_path), "case_id": Path(label_path).name,
                      "dice": dice(p, g), "label_voxels": int((g > 0).sum()), "pred_voxels": int((p > 0).sum())})
     return rows
+
+
+def read_metric_details(path: str | os.PathLike) -> list[dict]:
+    """Per-case rows ``{"case", "dice"}`` of a MONAI ``MetricsSaver`` details CSV (``val_mean_dice_raw.csv``)."""
+    import csv
+
+    with open(path, newline="") as fh:
+        return [{"case": Path(r["filename"]).name, "dice": float(r["mean"])} for r in csv.DictReader(fh)]

@@ -36,6 +36,7 @@ def predict(images: str | os.PathLike | Iterable[str | os.PathLike], ckpt_dir: s
     weights = Path(ckpt_dir) / "model.pt"
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: model weights not found; train first or point ckpt_dir at a trained model")
-    run_bundle(bundle, "inference", overlays, datalist=datalist, ckpt_dir=str(ckpt_dir), output_dir=str(output_dir),
-               output_ext=output_ext, **overrides)
-    return [mask_path(p, output_dir, ext=output_ext) for p in datalist]
+    overrides = {**overrides, "datalist": datalist, "ckpt_dir": str(ckpt_dir), "output_dir": str(output_dir),
+                 "output_ext": output_ext}
+    run_bundle(bundle, "inference", overlays, **overrides)
+    return [mask_path(p, output_dir, overrides.get("output_postfix", "seg"), output_ext) for p in datalist]

@@ -115,9 +115,10 @@ def make_phantom(seed: int, spec: PhantomSpec | None = None, n_tumours: int | No
     grid = np.meshgrid(*[np.arange(n, dtype=np.float32) * s for n, s in zip(shape, spacing)], indexing="ij")
     x, y, z = grid
     cx, cy = ext[0] / 2, ext[1] / 2
-    # the phantom is drawn in the voxel frame; with a "flipped" direction voxel i runs right->left
-    # and j anterior->posterior, so the patient's anterior side (small y in RAS terms) must be mirrored
-    post_sign = 1.0 if direction != "flipped" else -1.0
+    # the phantom is drawn in the voxel frame. RAS +y is anterior, so with an identity (or mildly rotated)
+    # direction the patient's back lies at small j; a "flipped" direction runs j anterior->posterior,
+    # which puts the back at large j. post_sign points from the centre towards the back along j.
+    post_sign = -1.0 if direction != "flipped" else 1.0
 
     # body: an elliptic cylinder whose size changes gently along z
     zc = (z - ext[2] / 2) / (ext[2] / 2)
@@ -221,7 +222,8 @@ def write_msd_dataset(out_dir: str | Path, num_train: int = 12, num_test: int = 
     out = Path(out_dir)
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    cases = [("Tr", i) for i in range(num_train)] + [("Ts", 100 + i) for i in range(num_test)]
+    first_test = max(100, num_train)  # test case numbers never collide with training ones (same seed)
+    cases = [("Tr", i) for i in range(num_train)] + [("Ts", first_test + i) for i in range(num_test)]
     iterator = cases
     if progress:
         from tqdm import tqdm

@@ -14,8 +14,7 @@ from typing import Any, Mapping
 
 import torch
 
-__all__ = ["train", "default_device", "latest_checkpoint", "resume_handlers", "attach_handlers", "init_distributed",
-           "load_weights"]
+__all__ = ["train", "default_device", "latest_checkpoint", "resume_handlers", "attach_handlers", "init_distributed"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,16 +29,17 @@ def default_device(device: str | None = None) -> torch.device:
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
-    """The newest complete ``checkpoint_epoch=N.pt`` in ``ckpt_dir`` (highest N), or None.
+    """The most recently written ``checkpoint_epoch=N.pt`` in ``ckpt_dir``, or None.
 
-    Checkpoints are written atomically (ignite's ``DiskSaver(atomic=True)``), so any file with that name
-    is complete.
+    Newest by modification time, then by N: a fresh run into a folder that still holds a longer, older
+    run's checkpoint resumes from its own state, not the stale one. Checkpoints are written atomically
+    (ignite's ``DiskSaver(atomic=True)``), so any file with that name is complete.
     """
     folder = Path(ckpt_dir)
     if not folder.is_dir():
         return None
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT_RE.search(p.name))]
-    return max(found)[1] if found else None
+    found = [(p.stat().st_mtime_ns, int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT_RE.search(p.name))]
+    return max(found)[2] if found else None
 
 
 def resume_handlers(resume: bool, ckpt_dir: str | os.PathLike, load_dict: Mapping[str, Any],
@@ -90,30 +90,18 @@ def init_distributed(backend: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def load_weights(network: torch.nn.Module, path: str | os.PathLike, device: Any = "cpu") -> torch.nn.Module:
-    """Load a ``model.pt`` state dict (or a checkpoint dict holding ``model``) into ``network``.
-
-    Loads with ``weights_only=True``: a checkpoint cannot run code.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: model weights not found; train first or point ckpt_dir at a trained model")
-    state = torch.load(p, map_location=device, weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    network.load_state_dict(state)
-    return network
-
-
 def train(dataset_dir: str | os.PathLike, bundle: str = "lung", overlays: tuple = (), distributed: bool = False,
           tracking: str | None = None, **overrides: Any) -> None:
-    """Validate every file of the dataset, then run the bundle's train (or multi_gpu_train) workflow.
+    """Validate every file of the training and validation datalists, then run the bundle's train workflow.
 
-    ``overrides`` are bundle config ids (``epochs``, ``ckpt_dir``, ``output_dir``, ``resume``, ...).
+    The datalists are the bundle's own (``train_datalist``/``val_datalist``, so an overlay such as
+    ``configs/lidc_nodules.json`` is checked the same way); a bad file raises
+    :class:`~monai_pipeline.data.DataError` before any output is written. ``overrides`` are bundle config
+    ids (``epochs``, ``ckpt_dir``, ``output_dir``, ``resume``, ...).
     """
-    from monai_pipeline.bundles import run_bundle
-    from monai_pipeline.data import msd_datalist
+    from monai_pipeline.bundles import resolve, run_bundle
 
-    msd_datalist(dataset_dir, split="all")  # every input checked before any work starts
-    run_bundle(bundle, "multi_gpu_train" if distributed else "train", overlays, tracking,
-               dataset_dir=str(Path(dataset_dir).resolve()), **overrides)
+    workflow = "multi_gpu_train" if distributed else "train"
+    overrides = {**overrides, "dataset_dir": str(Path(dataset_dir).resolve())}
+    resolve(bundle, "train", ["train_datalist", "val_datalist"], overlays, **overrides)
+    run_bundle(bundle, workflow, overlays, tracking, **overrides)

@@ -9,13 +9,13 @@ anything). Then runs the bundle's evaluate workflow on the test patients and wri
 
     .venv/bin/python scripts/benchmark_lidc.py --epochs 40          # resumable: run it again to continue
 
-Progress is the bundle's epoch log; ``--resume`` (default on) continues from the latest checkpoint.
+Progress is the bundle's epoch log. A run continues from the latest checkpoint in ``--work`` unless
+``--no-resume``; ``--eval-only`` evaluates the best checkpoint there without training.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import platform
 import shlex
@@ -28,10 +28,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from monai_pipeline.bundles import run_bundle  # noqa: E402
+from monai_pipeline.bundles import parse_overrides, run_bundle  # noqa: E402
 from monai_pipeline.data import lidc_split  # noqa: E402
+from monai_pipeline.evaluation import read_metric_details  # noqa: E402
 from monai_pipeline.io import atomic_write_text  # noqa: E402
-from monai_pipeline.training import latest_checkpoint  # noqa: E402
+from monai_pipeline.training import default_device, latest_checkpoint  # noqa: E402
 
 
 def git_rev() -> str:
@@ -76,13 +77,7 @@ def main(argv=None) -> int:
         return 2
     work = Path(args.work)
     overlay = [str(ROOT / "configs" / "lidc_nodules.json")]
-    extra = {}
-    for item in args.set:
-        k, v = item.split("=", 1)
-        try:
-            extra[k] = json.loads(v)
-        except json.JSONDecodeError:
-            extra[k] = v
+    extra = parse_overrides(args.set)
     overrides = dict(dataset_dir=str(data.resolve()), ckpt_dir=str(work / "models"), seed=args.seed,
                      max_cases=args.max_cases, **extra)
     resume = not args.no_resume and latest_checkpoint(work / "models") is not None
@@ -96,10 +91,14 @@ def main(argv=None) -> int:
     run_bundle("lung", "evaluate", overlay, output_dir=str(work / "test"), save_predictions=False, **overrides)
     eval_s = time.perf_counter() - t1
 
-    with open(work / "test" / "val_mean_dice_raw.csv", newline="") as fh:
-        rows = [(Path(r["filename"]).name, float(r["mean"])) for r in csv.DictReader(fh)]
+    rows = [(r["case"], r["dice"]) for r in read_metric_details(work / "test" / "val_mean_dice_raw.csv")]
     dice = [d for _, d in rows]
-    split = {s: lidc_split(data, s, seed=args.seed, max_cases=args.max_cases) for s in ("train", "val", "test")}
+    overlay_cfg = {**json.loads(Path(overlay[0]).read_text()), **extra}
+    fractions = {k: overlay_cfg[k] for k in ("val_fraction", "test_fraction")}
+    split = {s: lidc_split(data, s, seed=args.seed, max_cases=args.max_cases, **fractions)
+             for s in ("train", "val", "test")}
+    if len(split["test"]) != len(rows):
+        raise RuntimeError(f"evaluated {len(rows)} nodules but the test split holds {len(split['test'])}")
     last = latest_checkpoint(work / "models")
     state = torch.load(last, map_location="cpu", weights_only=True)["trainer"] if last else {}
     epochs_done = int(state.get("iteration", 0) // max(1, state.get("epoch_length", 1))) if state else None
@@ -107,9 +106,12 @@ def main(argv=None) -> int:
         "dataset": "LIDC-IDRI nodule crops (../shared/data/lidc_nodules), patient-level split",
         "n_train": len(split["train"]),
         "n_val": len(split["test"]),
-        "n_val_note": "n_val counts the held-out test nodules the figures are measured on; "
-                      f"{len(split['val'])} further nodules of other patients chose the checkpoint",
+        "n_test": len(split["test"]),
+        "n_val_note": "n_val = n_test: the held-out test nodules the figures are measured on (patients never "
+                      f"trained on, never used to choose anything); n_selection = {len(split['val'])} nodules of "
+                      "other patients chose the checkpoint (best validation Dice) and early stopping",
         "n_selection": len(split["val"]),
+        "split_fractions": fractions,
         "n_train_patients": len({d["patient"] for d in split["train"]}),
         "n_test_patients": len({d["patient"] for d in split["test"]}),
         "mean_dice": statistics.fmean(dice),
@@ -119,7 +121,7 @@ def main(argv=None) -> int:
         "metric": "Dice per nodule (foreground), in each crop's source geometry after Invertd",
         "epochs": epochs_done if epochs_done is not None else args.epochs,
         "epochs_requested": args.epochs,
-        "device": str(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
+        "device": str(default_device()),
         "cpu_model": cpu_model(),
         "torch_threads": torch.get_num_threads(),
         "train_seconds_this_run": round(train_s, 1),

@@ -50,9 +50,17 @@ def test_evaluate_writes_per_case_metrics(trained, tiny_msd):
                    *TINY), cwd=trained)
     raw = (trained / "eval" / "val_mean_dice_raw.csv").read_text().splitlines()
     assert raw[0].startswith("filename") and len(raw) == 1 + 2  # two validation phantoms
-    for pred in (trained / "eval" / "predictions").glob("*_seg.nii.gz"):
+    preds = sorted((trained / "eval" / "predictions").glob("*_seg.nii.gz"))
+    assert len(preds) == 2
+    for pred, row in zip(preds, sorted(raw[1:])):
         source = tiny_msd / "imagesTr" / pred.name.replace("_seg", "")
         assert_same_geometry(source, pred)
+        # the reported Dice is that of the saved mask against the label file as it is on disk
+        p = np.asarray(nib.load(str(pred)).dataobj) > 0
+        g = np.asarray(nib.load(str(source).replace("imagesTr", "labelsTr")).dataobj) > 0
+        expected = 2 * (p & g).sum() / (p.sum() + g.sum()) if (p.sum() + g.sum()) else None
+        if expected is not None and g.sum():
+            assert abs(float(row.split(",")[-1]) - expected) < 1e-4
 
 
 def test_inference_masks_in_source_geometry(trained, tiny_msd, tmp_path):

@@ -185,10 +185,13 @@ def test_msd_split_modes(ds):
     with pytest.raises(DataError, match="'validation' list"):
         msd_datalist(ds, "val", split_mode="provided")
     _edit_json(ds, lambda m: m.update(validation=m["training"][:2]))
-    assert len(msd_datalist(ds, "train", split_mode="provided")) == 6
+    with pytest.raises(DataError, match="both 'training' and 'validation'"):
+        msd_datalist(ds, "val", split_mode="provided")
+    _edit_json(ds, lambda m: m.update(validation=m["training"][:2], training=m["training"][2:]))
+    assert len(msd_datalist(ds, "train", split_mode="provided")) == 4
     assert len(msd_datalist(ds, "val", split_mode="provided")) == 2
-    folds = [msd_datalist(ds, "val", split_mode="kfold", num_folds=3, fold=f) for f in range(3)]
-    assert sum(len(f) for f in folds) == 6
+    folds = [msd_datalist(ds, "val", split_mode="kfold", num_folds=2, fold=f) for f in range(2)]
+    assert sum(len(f) for f in folds) == 4
     test = msd_datalist(ds, "test")
     assert len(test) == 2 and "label" not in test[0]
 
@@ -200,6 +203,12 @@ def test_image_datalist(tiny_msd, tmp_path):
     lst = tmp_path / "list.txt"
     lst.write_text("\n".join(d["image"] for d in items) + "\n")
     assert image_datalist(lst) == items
+    rel = tiny_msd / "relative_list.txt"  # relative entries are read against the list's own folder
+    rel.write_text("imagesTs/lung_100.nii.gz\n")
+    try:
+        assert image_datalist(rel)[0]["image"] == items[0]["image"]
+    finally:
+        rel.unlink()
     with pytest.raises(DataError, match="also used by"):
         image_datalist([items[0]["image"], items[0]["image"]])
     with pytest.raises(DataError, match="file not found"):

@@ -76,6 +76,7 @@ def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
 def test_mask_path_stays_in_output_dir(tmp_path):
     assert mask_path("/data/lung_001.nii.gz", tmp_path) == tmp_path / "lung_001_seg.nii.gz"
     assert mask_path("/data/../../etc/x.nrrd", tmp_path, ext=".nrrd").parent == tmp_path
+    assert mask_path("/data/lung_1.nii.gz", tmp_path, postfix="../../escape").parent == tmp_path
 
 
 def test_savemaskd_uses_source_file(tmp_path):

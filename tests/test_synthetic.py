@@ -68,3 +68,13 @@ def test_msd_layout(tmp_path):
     assert meta["test"] == ["./imagesTs/lung_100.nii.gz", "./imagesTs/lung_101.nii.gz"]
     assert (tmp_path / "Task06" / "labelsTs" / "lung_101.nii.gz").is_file()
     assert len(read_dataset_json(tmp_path / "Task06")["training"]) == 3
+
+
+def test_spine_is_posterior_in_world_space():
+    """Whatever the direction cosines, the spine lies behind the lungs in RAS world coordinates (-y)."""
+    for direction in ("identity", "rotated", "flipped"):
+        img, _, aff = make_phantom(3, SPEC, n_tumours=0, direction=direction)
+        world = lambda mask: aff[:3, :3] @ np.mean(np.argwhere(mask), axis=0) + aff[:3, 3]  # noqa: E731
+        spine_y = world(img > 300)[1]
+        lungs_y = world((img > -950) & (img < -750))[1]
+        assert spine_y < lungs_y - 20, direction
