@@ -46,8 +46,10 @@ def resume_handlers(resume: bool, ckpt_dir: str | os.PathLike, load_dict: Mappin
                     map_location: Any = "cpu") -> list:
     """Handlers that restore the latest checkpoint of ``ckpt_dir`` when ``resume`` is true.
 
-    Returns ``[CheckpointLoader]`` (model, optimizer, scheduler and trainer state: the run goes on from
-    the saved epoch up to the configured ``epochs``) or ``[]`` when not resuming or nothing was saved yet.
+    Returns ``[CheckpointLoader, ...]`` (model, optimizer, scheduler and trainer state: the run goes on
+    from the saved epoch up to the configured ``epochs``; an epoch-based schedule's horizon ``T_max`` is set
+    to the new ``epochs`` after loading, so a longer resumed run does not restart its cosine) or ``[]`` when
+    not resuming or nothing was saved yet.
     """
     if not resume:
         return []
@@ -58,7 +60,26 @@ def resume_handlers(resume: bool, ckpt_dir: str | os.PathLike, load_dict: Mappin
     from monai.handlers import CheckpointLoader
 
     logger.info("resuming from %s", path)
-    return [CheckpointLoader(load_path=str(path), load_dict=dict(load_dict), map_location=map_location)]
+    handlers: list = [CheckpointLoader(load_path=str(path), load_dict=dict(load_dict), map_location=map_location)]
+    scheduler = load_dict.get("lr_scheduler")
+    if scheduler is not None and hasattr(scheduler, "T_max"):
+        handlers.append(_ScheduleHorizon(scheduler))
+    return handlers
+
+
+class _ScheduleHorizon:
+    """After a checkpoint is loaded (Events.STARTED), stretch the scheduler's ``T_max`` to ``max_epochs``."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Any) -> None:
+        self.scheduler.T_max = engine.state.max_epochs
 
 
 def attach_handlers(engine, handlers: list) -> list:

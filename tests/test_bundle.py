@@ -43,6 +43,7 @@ def test_resume_continues_from_latest_checkpoint(trained, tiny_msd, tmp_path):
     assert (root / "models" / "checkpoint_epoch=3.pt").is_file()
     ckpt = torch.load(root / "models" / "checkpoint_epoch=3.pt", map_location="cpu", weights_only=True)
     assert ckpt["trainer"]["iteration"] == 3 * ckpt["trainer"]["epoch_length"]
+    assert ckpt["lr_scheduler"]["T_max"] == 3  # the cosine horizon follows the new epoch count
 
 
 def test_evaluate_writes_per_case_metrics(trained, tiny_msd):
