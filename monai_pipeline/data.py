@@ -42,6 +42,7 @@ __all__ = [
     "patient_id",
     "case_id",
     "image_info",
+    "itk_affine",
     "validate_datalist",
 ]
 
@@ -152,16 +153,22 @@ def _itk_info(path: Path) -> ImageInfo:
     except RuntimeError as err:
         msg = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown error"
         raise DataError(f"{path}: not a readable image ({msg})") from None
-    size = reader.GetSize()
-    spacing = np.asarray(reader.GetSpacing(), dtype=float)
-    direction = np.asarray(reader.GetDirection(), dtype=float).reshape(len(size), len(size))
-    origin = np.asarray(reader.GetOrigin(), dtype=float)
+    return ImageInfo(shape=tuple(int(s) for s in reader.GetSize()), spacing=tuple(reader.GetSpacing()),
+                     affine=itk_affine(reader))
+
+
+def itk_affine(image) -> np.ndarray:
+    """4x4 RAS voxel-to-world affine (mm) of a SimpleITK image or ``ImageFileReader`` (ITK works in LPS)."""
+    size = image.GetSize()
+    spacing = np.asarray(image.GetSpacing(), dtype=float)
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(len(size), len(size))
+    origin = np.asarray(image.GetOrigin(), dtype=float)
     affine = np.eye(4)
     n = min(len(size), 3)
     lps_to_ras = np.diag([-1.0, -1.0, 1.0])[:n, :n]
     affine[:n, :n] = lps_to_ras @ direction[:n, :n] @ np.diag(spacing[:n])
     affine[:n, 3] = lps_to_ras @ origin[:n]
-    return ImageInfo(shape=tuple(int(s) for s in size), spacing=tuple(spacing), affine=affine)
+    return affine
 
 
 @lru_cache(maxsize=4096)

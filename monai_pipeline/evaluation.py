@@ -23,14 +23,21 @@ def dice(pred: np.ndarray, label: np.ndarray, empty: float = 1.0) -> float:
 
 
 def read_mask(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read a mask file: ``(array in voxel order i, j, k, 4x4 RAS affine in mm)``."""
-    from monai_pipeline.data import image_info
+    """Read a mask file once: ``(array in voxel order i, j, k, 4x4 RAS affine in mm)``.
 
+    Raises :class:`~monai_pipeline.data.DataError` naming the file when it cannot be read.
+    """
     import SimpleITK as sitk
 
-    info = image_info(path)
-    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).transpose()
-    return arr, info.affine
+    from monai_pipeline.data import DataError, itk_affine
+
+    if not Path(path).is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        raise DataError(f"{path}: not a readable mask ({(str(err).strip().splitlines() or ['unknown error'])[-1]})") from None
+    return sitk.GetArrayFromImage(img).transpose(), itk_affine(img)
 
 
 def score_pairs(pairs: Iterable[tuple[str | os.PathLike, str | os.PathLike]], atol_mm: float = 1e-3) -> list[dict]:
