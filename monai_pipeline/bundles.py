@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 BUNDLES = {
     "lung": "lung_ct_tumor_segmentation",
+    "brain": "brain_mri_tumor_segmentation_2d",
 }
 
 WORKFLOW_FILES = {

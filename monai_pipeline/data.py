@@ -44,11 +44,19 @@ __all__ = [
     "image_info",
     "itk_affine",
     "validate_datalist",
+    "is_slice_file",
+    "is_slice_mask",
+    "read_slice",
+    "slice_folder",
+    "lgg_datalist",
+    "brain_datalist",
+    "brain_test_images",
 ]
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+SLICE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 _GEOMETRY_TOL_MM = 1e-3
 
 
@@ -227,12 +235,19 @@ def check_pair(image: str | os.PathLike, label: str | os.PathLike, ndim: int = 3
 
 
 def validate_datalist(datalist: Sequence[dict], ndim: int = 3) -> list[dict]:
-    """Validate every image (and label, when present) of a datalist; return it unchanged."""
+    """Validate every image (and label, when present) of a datalist; return it unchanged.
+
+    ``image`` may be one path or a list of paths (one file per modality, all on the label's grid).
+    """
     for item in datalist:
-        if "label" in item:
-            check_pair(item["image"], item["label"], ndim)
-        else:
-            image_info(item["image"], ndim)
+        images = [item["image"]] if isinstance(item["image"], (str, os.PathLike)) else list(item["image"])
+        for k, image in enumerate(images):
+            if "label" in item:
+                check_pair(image, item["label"], ndim)
+            else:
+                image_info(image, ndim)
+            if k and "label" not in item:
+                check_pair(images[0], image, ndim)
     return list(datalist)
 
 
@@ -262,6 +277,19 @@ def _inside(root: Path, entry: Any, json_path: Path, where: str) -> str:
     if not full.is_file():
         raise DataError(f"{json_path}: {where} points to a missing file: {full}")
     return str(full)
+
+
+def _first(image: str | list[str]) -> str:
+    return image if isinstance(image, str) else image[0]
+
+
+def _inside_any(root: Path, entry: Any, json_path: Path, where: str) -> str | list[str]:
+    """An image entry: one path, or a non-empty list of paths (one file per modality / channel)."""
+    if isinstance(entry, list):
+        if not entry:
+            raise DataError(f"{json_path}: {where} is an empty list of modality files")
+        return [_inside(root, e, json_path, f"{where}[{k}]") for k, e in enumerate(entry)]
+    return _inside(root, entry, json_path, where)
 
 
 def read_dataset_json(dataset_dir: str | os.PathLike) -> dict:
@@ -296,14 +324,15 @@ def read_dataset_json(dataset_dir: str | os.PathLike) -> dict:
             where = f"{section}[{i}]"
             if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
                 raise DataError(f"{json_path}: {where} must be an object with 'image' and 'label'")
-            image = _inside(root, entry["image"], json_path, f"{where}.image")
+            image = _inside_any(root, entry["image"], json_path, f"{where}.image")
             label = _inside(root, entry["label"], json_path, f"{where}.label")
-            if image in seen:
+            first = image if isinstance(image, str) else image[0]
+            if first in seen:
                 raise DataError(f"{json_path}: {where}.image {entry['image']} is listed twice")
-            seen.add(image)
-            items.append({"image": image, "label": label, "case_id": case_id(image), "patient": patient_id(image)})
+            seen.add(first)
+            items.append({"image": image, "label": label, "case_id": case_id(first), "patient": patient_id(first)})
         out[section] = items
-    overlap = {d["image"] for d in out["training"]} & {d["image"] for d in out["validation"]}
+    overlap = {_first(d["image"]) for d in out["training"]} & {_first(d["image"]) for d in out["validation"]}
     if overlap:
         raise DataError(f"{json_path}: {sorted(overlap)[0]} is listed in both 'training' and 'validation'")
     if not out["training"]:
@@ -314,14 +343,18 @@ def read_dataset_json(dataset_dir: str | os.PathLike) -> dict:
     out["test"] = []
     for i, entry in enumerate(test):
         rel = entry.get("image") if isinstance(entry, dict) else entry
-        image = _inside(root, rel, json_path, f"test[{i}]")
-        out["test"].append({"image": image, "case_id": case_id(image)})
+        image = _inside_any(root, rel, json_path, f"test[{i}]")
+        out["test"].append({"image": image, "case_id": case_id(_first(image))})
     return out
 
 
 # ------------------------------------------------------------------------------------------- splits
+def _patient(item: dict) -> str:
+    return item["patient"] if "patient" in item else patient_id(_first(item["image"]))
+
+
 def _groups(datalist: Sequence[dict]) -> list[str]:
-    return sorted({d.get("patient", patient_id(d["image"])) for d in datalist})
+    return sorted({_patient(d) for d in datalist})
 
 
 def split_train_val(datalist: Sequence[dict], val_fraction: float = 0.2, seed: int = 0) -> tuple[list, list]:
@@ -338,8 +371,8 @@ def split_train_val(datalist: Sequence[dict], val_fraction: float = 0.2, seed: i
     if val_fraction > 0 and len(patients) >= 2:
         n_val = min(max(n_val, 1), len(patients) - 1)
     val_patients = {patients[i] for i in order[:n_val]}
-    train = [d for d in datalist if d.get("patient", patient_id(d["image"])) not in val_patients]
-    val = [d for d in datalist if d.get("patient", patient_id(d["image"])) in val_patients]
+    train = [d for d in datalist if _patient(d) not in val_patients]
+    val = [d for d in datalist if _patient(d) in val_patients]
     return train, val
 
 
@@ -352,8 +385,8 @@ def kfold_split(datalist: Sequence[dict], num_folds: int = 5, fold: int = 0, see
         raise DataError(f"{len(patients)} patients cannot fill {num_folds} folds")
     order = np.random.default_rng(seed).permutation(len(patients))
     val_patients = {patients[i] for k, i in enumerate(order) if k % num_folds == fold}
-    train = [d for d in datalist if d.get("patient", patient_id(d["image"])) not in val_patients]
-    val = [d for d in datalist if d.get("patient", patient_id(d["image"])) in val_patients]
+    train = [d for d in datalist if _patient(d) not in val_patients]
+    val = [d for d in datalist if _patient(d) in val_patients]
     return train, val
 
 
@@ -411,19 +444,15 @@ def msd_test_datalist(dataset_dir: str | os.PathLike) -> list[str]:
     return [d["image"] for d in msd_datalist(dataset_dir, split="test")]
 
 
-def image_datalist(images: str | os.PathLike | Iterable[str | os.PathLike], ndim: int = 3) -> list[dict]:
-    """Validated inference datalist from image paths, a folder of images, or a text file of paths.
-
-    Returns ``[{"image": abs_path, "case_id": ...}]``. Duplicated case IDs are refused because their
-    outputs would overwrite each other.
-    """
+def _gather_paths(images: str | os.PathLike | Iterable[str | os.PathLike], suffixes: tuple[str, ...]) -> list[str]:
+    """Image paths from paths, a folder (files with ``suffixes``; slice masks ``*_mask.*`` left out) or a list file."""
     if isinstance(images, (str, os.PathLike)):
         p = Path(images)
         if p.is_dir():
-            paths = sorted(str(q) for q in p.iterdir() if q.name.lower().endswith(IMAGE_SUFFIXES)
-                           and not q.name.startswith("."))
+            paths = sorted(str(q) for q in p.iterdir() if q.name.lower().endswith(suffixes)
+                           and not q.name.startswith(".") and not is_slice_mask(q))
             if not paths:
-                raise DataError(f"{p}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+                raise DataError(f"{p}: folder holds no images ({', '.join(suffixes)})")
         elif p.suffix.lower() in (".txt", ".csv", ".lst"):
             if not p.is_file():
                 raise DataError(f"{p}: image list not found")
@@ -432,18 +461,49 @@ def image_datalist(images: str | os.PathLike | Iterable[str | os.PathLike], ndim
         else:
             paths = [str(p)]
     else:
-        paths = [str(q) for q in images]
+        paths = [str(q) if isinstance(q, (str, os.PathLike)) else [str(r) for r in q] for q in images]
     if not paths:
         raise DataError("the inference datalist is empty")
+    absolute = lambda q: str(Path(q).resolve()) if Path(q).exists() else q  # noqa: E731
+    return [absolute(q) if isinstance(q, str) else [absolute(r) for r in q] for q in paths]
+
+
+def image_datalist(images: str | os.PathLike | Iterable[str | os.PathLike], ndim: int = 3,
+                   slices: bool = False) -> list[dict]:
+    """Validated inference datalist from image paths, a folder of images, or a text file of paths.
+
+    Returns ``[{"image": abs_path, "case_id": ...}]``. Duplicated case IDs are refused because their
+    outputs would overwrite each other. An entry may itself be a list of files: one volume per modality
+    (``{"image": [flair, t1c]}``, checked to share one grid). With ``slices=True`` 2D slice images
+    (TIFF/PNG/JPEG) are accepted too, each as a stack of one slice (``{"image": [path]}``); a list may not
+    mix slices and volumes.
+    """
+    suffixes = IMAGE_SUFFIXES + (SLICE_SUFFIXES if slices else ())
+    paths = _gather_paths(images, suffixes)
+    kinds = {is_slice_file(_first(q)) for q in paths}
+    if len(kinds) > 1:
+        raise DataError("the inference datalist mixes 2D slice images and 3D volumes; run them separately")
     items, seen = [], {}
-    for path in paths:
-        full = str(Path(path).resolve()) if Path(path).exists() else path
-        image_info(full, ndim)
+    for entry in paths:
+        full = _first(entry)
+        if isinstance(entry, list) and len(entry) == 0:
+            raise DataError("the inference datalist holds an empty list of modality files")
+        if slices and is_slice_file(full):
+            if isinstance(entry, list) and len(entry) > 1:
+                raise DataError(f"{full}: give slice images one by one, not as a list")
+            read_slice(full)
+            item = {"image": [full]}
+        elif isinstance(entry, list):
+            validate_datalist([{"image": entry}], ndim)
+            item = {"image": entry}
+        else:
+            image_info(full, ndim)
+            item = {"image": full}
         cid = case_id(full)
         if cid in seen:
             raise DataError(f"{full}: case ID '{cid}' is also used by {seen[cid]}; outputs would collide")
         seen[cid] = full
-        items.append({"image": full, "case_id": cid})
+        items.append({**item, "case_id": cid})
     return items
 
 
@@ -492,4 +552,199 @@ def lidc_split(root: str | os.PathLike, split: str = "train", val_fraction: floa
             if split not in ("train", "val"):
                 raise ValueError(f"split must be 'train', 'val', 'test' or 'all', got {split!r}")
             items = train if split == "train" else val
+    return items[: int(max_cases)] if max_cases is not None else items
+
+
+# ------------------------------------------------------------------------------------ brain MRI slices
+# Slice folders (the LGG layout): <root>/<patient>/<patient>_<n>.tif with <patient>_<n>_mask.tif (0/255).
+_SLICE_RE = re.compile(r"^(?P<stem>.+)_(?P<n>\d+)(?P<mask>_mask)?$")
+
+
+def is_slice_file(path: str | os.PathLike) -> bool:
+    """True for 2D slice images (TIFF, PNG, JPEG)."""
+    return str(path).lower().endswith(SLICE_SUFFIXES)
+
+
+def _slice_parts(path: str | os.PathLike) -> tuple[str, int, bool] | None:
+    """``(stem, n, is_mask)`` of ``<stem>_<n>[_mask].<ext>``, or None when the name does not follow it."""
+    name = Path(path).name
+    for suffix in SLICE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            m = _SLICE_RE.match(name[: -len(suffix)])
+            return (m["stem"], int(m["n"]), bool(m["mask"])) if m else None
+    return None
+
+
+def is_slice_mask(path: str | os.PathLike) -> bool:
+    """True for a slice mask file (``<patient>_<n>_mask.<ext>``)."""
+    parts = _slice_parts(path)
+    return bool(parts and parts[2])
+
+
+def read_slice(path: str | os.PathLike, mask: bool = False) -> np.ndarray:
+    """Read one 2D slice completely; the one reader for slice images and masks.
+
+    Args:
+        path: TIFF, PNG or JPEG file.
+        mask: read a tumour mask: single channel (or identical RGB channels), values 0/255 or 0/1, returned
+            as a 0/1 uint8 array ``(H, W)``. JPEG masks, being lossy, are thresholded at half their range.
+
+    Returns:
+        ``(H, W, C)`` for images (a grey image gets ``C = 1``), in the file's own row/column order.
+
+    Raises:
+        DataError: missing, empty, unreadable or truncated file; a mask with other values or channels.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: file not found")
+    if p.stat().st_size == 0:
+        raise DataError(f"{p}: file is empty")
+    if not is_slice_file(p):
+        raise DataError(f"{p}: unknown slice image type (expected one of {', '.join(SLICE_SUFFIXES)})")
+    try:
+        with Image.open(p) as im:
+            im.load()  # decodes every byte: truncated files fail here
+            arr = np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"{p}: not a readable image ({err})") from None
+    if arr.ndim not in (2, 3) or min(arr.shape[:2]) < 1:
+        raise DataError(f"{p}: expected a 2D image, found array shape {arr.shape}")
+    if not mask:
+        return arr[..., None] if arr.ndim == 2 else arr
+    if arr.ndim == 3:
+        if arr.shape[-1] == 4:
+            arr = arr[..., :3]
+        if not all(np.array_equal(arr[..., 0], arr[..., c]) for c in range(1, arr.shape[-1])):
+            raise DataError(f"{p}: a mask must have one channel (or identical colour channels)")
+        arr = arr[..., 0]
+    if p.suffix.lower() in (".jpg", ".jpeg"):
+        return (arr > (127 if arr.max() > 1 else 0)).astype(np.uint8)
+    values = set(np.unique(arr).tolist())
+    if not (values <= {0, 255} or values <= {0, 1}):
+        bad = sorted(values - {0, 1, 255})[:5]
+        raise DataError(f"{p}: mask values must be 0/255 or 0/1, found {bad}")
+    return (arr > 0).astype(np.uint8)
+
+
+def slice_folder(folder: str | os.PathLike, validate: bool = True) -> list[dict]:
+    """The slices of one patient folder, ordered by slice number: ``[{"image", "label", "n"}]``.
+
+    Every image needs its mask and every mask its image; both are read in full (when ``validate``) and
+    must have the same height and width.
+    """
+    folder = Path(folder)
+    images: dict[tuple[str, int], Path] = {}
+    masks: dict[tuple[str, int], Path] = {}
+    for f in sorted(folder.iterdir()):
+        if f.name.startswith(".") or not f.is_file() or not is_slice_file(f):
+            continue
+        parts = _slice_parts(f)
+        if parts is None:
+            raise DataError(f"{f}: slice name must be <patient>_<n>.<ext> or <patient>_<n>_mask.<ext>")
+        key = parts[:2]
+        target = masks if parts[2] else images
+        if key in target:
+            raise DataError(f"{f}: slice {key[1]} is also stored as {target[key].name}")
+        target[key] = f
+    for key in sorted(set(images) - set(masks)):
+        raise DataError(f"{images[key]}: image without its mask ({key[0]}_{key[1]}_mask.*)")
+    for key in sorted(set(masks) - set(images)):
+        raise DataError(f"{masks[key]}: mask without its image ({key[0]}_{key[1]}.*)")
+    if not images:
+        raise DataError(f"{folder}: no slice images ({', '.join(SLICE_SUFFIXES)})")
+    out = []
+    for key in sorted(images, key=lambda k: (k[0], k[1])):
+        image, label = images[key], masks[key]
+        if validate:
+            a, b = read_slice(image), read_slice(label, mask=True)
+            if a.shape[:2] != b.shape:
+                raise DataError(f"{label}: mask size {b.shape[1]}x{b.shape[0]} differs from image {image.name} "
+                                f"size {a.shape[1]}x{a.shape[0]}")
+        out.append({"image": str(image.resolve()), "label": str(label.resolve()), "n": key[1]})
+    if validate:
+        sizes = {read_slice(d["label"], mask=True).shape for d in out}
+        if len(sizes) > 1:
+            raise DataError(f"{folder}: slices of one patient differ in size {sorted(sizes)}")
+    return out
+
+
+def lgg_datalist(root: str | os.PathLike, validate: bool = True) -> list[dict]:
+    """Per-patient datalist of a folder of patient slice folders (the LGG ``kaggle_3m`` layout).
+
+    Returns ``[{"image": [slice paths], "label": [mask paths], "case_id": folder, "patient"}]``, slices
+    ordered by number: one item is a patient's stack of slices, so every split is a patient-level split.
+    Files at the top level (``data.csv``, READMEs) are ignored.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found")
+    items = []
+    for folder in sorted(q for q in root.iterdir() if q.is_dir() and not q.name.startswith(".")):
+        slices = slice_folder(folder, validate)
+        items.append({"image": [d["image"] for d in slices], "label": [d["label"] for d in slices],
+                      "case_id": folder.name, "patient": patient_id(folder.name)})
+    if not items:
+        raise DataError(f"{root}: no patient folders of slices (expected <root>/<patient>/<patient>_<n>.tif)")
+    return items
+
+
+def brain_test_images(dataset_dir: str | os.PathLike) -> list:
+    """Default inference inputs of a brain dataset: dataset.json's ``test`` images (a path or a list of
+    modality paths each), or every slice image (not the masks) of a slice-folder dataset."""
+    root = Path(dataset_dir)
+    if (root / "dataset.json").is_file():
+        return [d["image"] for d in read_dataset_json(root)["test"]]
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found")
+    files = [f for folder in sorted(q for q in root.iterdir() if q.is_dir() and not q.name.startswith("."))
+             for f in sorted(folder.iterdir(), key=lambda f: _slice_parts(f) or (f.name, 0, False))
+             if is_slice_file(f) and not is_slice_mask(f) and not f.name.startswith(".")]
+    if not files:
+        raise DataError(f"{root}: no slice images found in its patient folders")
+    return [str(f) for f in files]
+
+
+def brain_datalist(dataset_dir: str | os.PathLike, split: str = "train", split_mode: str = "random",
+                   val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 0, num_folds: int = 5,
+                   fold: int = 0, max_cases: int | None = None, validate: bool = True) -> list[dict]:
+    """Per-patient datalist of a brain MRI dataset: slice folders or 3D volumes, validated.
+
+    ``dataset_dir`` is either a folder of patient slice folders (LGG layout, see :func:`lgg_datalist`) or
+    a folder with an MSD ``dataset.json`` whose ``image`` entries are a volume or a list of volumes (one per
+    modality, e.g. ``["imagesTr/x_flair.nii.gz", "imagesTr/x_t1c.nii.gz"]``) and whose labels are
+    tumour label maps (whole tumour = label > 0). Every item is one patient (a stack of slices or a
+    volume), so all splits are by patient.
+
+    Args:
+        split: ``"train"``, ``"val"``, ``"test"`` or ``"all"``.
+        split_mode, val_fraction, num_folds, fold, seed: as in :func:`msd_datalist`.
+        test_fraction: hold out this fraction of patients first (``split="test"``), never used for training
+            or for choosing a checkpoint; ``val_fraction`` is then a fraction of all patients. With
+            ``test_fraction=0`` and a dataset.json, ``"test"`` is its ``test`` list.
+        max_cases: keep only the first N patients (quick runs).
+    """
+    root = Path(dataset_dir)
+    json_path = root / "dataset.json"
+    provided: list[dict] = []
+    if json_path.is_file():
+        meta = read_dataset_json(root)
+        items, provided = meta["training"], meta["validation"]
+        if split == "test" and test_fraction <= 0:
+            items = meta["test"]
+            items = items[: int(max_cases)] if max_cases is not None else items
+            return validate_datalist(items) if validate else items
+        if validate:
+            validate_datalist(items + provided)
+    else:
+        items = lgg_datalist(root, validate)
+    if test_fraction > 0 and split != "all":
+        items, test = split_train_val(items, test_fraction, seed)
+        if split == "test":
+            return test[: int(max_cases)] if max_cases is not None else test
+        val_fraction = val_fraction / max(1e-9, 1.0 - test_fraction)
+        seed += 1
+    items = _select(items, provided, split, split_mode, val_fraction, seed, num_folds, fold, str(root))
     return items[: int(max_cases)] if max_cases is not None else items

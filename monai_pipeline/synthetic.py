@@ -29,7 +29,8 @@ from scipy import ndimage
 
 from monai_pipeline.io import atomic_write_text, write_nifti
 
-__all__ = ["PhantomSpec", "make_phantom", "phantom_affine", "write_msd_dataset"]
+__all__ = ["PhantomSpec", "make_phantom", "phantom_affine", "write_msd_dataset", "make_brain_phantom",
+           "write_brain_slices", "write_brain_volumes"]
 
 logger = logging.getLogger(__name__)
 
@@ -256,4 +257,122 @@ def write_msd_dataset(out_dir: str | Path, num_train: int = 12, num_test: int = 
     path = out / "dataset.json"
     atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
     logger.info("wrote %d training and %d test phantoms to %s", len(training), len(test), out)
+    return path
+
+
+# ---------------------------------------------------------------------------------------- brain MRI
+def make_brain_phantom(seed: int, shape: Sequence[int] = (64, 64, 12),
+                       spacing: Sequence[float] = (3.5, 3.5, 5.0)) -> dict[str, np.ndarray]:
+    """A head phantom: skull ring, brain, ventricles and a tumour blob bright in FLAIR.
+
+    Arrays are in LPS voxel order (i runs from the patient's right to left, j from anterior to posterior,
+    k from inferior to superior), so ``arr[:, :, k].T`` is axial slice ``k`` as it is displayed.
+
+    Returns:
+        ``{"flair", "t1", "t1c"}`` float32 intensities in [0, 255], ``"label"`` uint8 (0 background,
+        1 tumour core, 2 oedema: whole tumour = label > 0, possibly empty), ``"brain"`` uint8 mask, and
+        ``"affine"`` (4x4 RAS, mm).
+    """
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(s) for s in shape)
+    sp = np.asarray(spacing, dtype=float)
+    grid = np.stack(np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, sp)], indexing="ij"))
+    half = np.asarray(shape) * sp / 2
+    radii = half * np.array([rng.uniform(0.78, 0.88), rng.uniform(0.85, 0.93), rng.uniform(0.9, 1.2)])
+    head = (((grid / radii[:, None, None, None]) ** 2).sum(0)) <= 1.0
+    brain_r = radii - np.array([1.0, 1.0, 0.6]) * rng.uniform(6, 9)
+    brain = (((grid / brain_r[:, None, None, None]) ** 2).sum(0)) <= 1.0
+    skull = head & ~brain
+    vent_c = np.array([0.0, rng.uniform(-4, 4), rng.uniform(-3, 3)])
+    vent = ((((grid - vent_c[:, None, None, None]) / (brain_r * [0.18, 0.35, 0.3])[:, None, None, None]) ** 2).sum(0)
+            <= 1.0) & brain
+    label = np.zeros(shape, np.uint8)
+    if rng.uniform() < 0.85:  # some patients have slices only with no tumour
+        centre = rng.uniform(-0.45, 0.45, 3) * brain_r
+        r = rng.uniform(0.2, 0.35) * brain_r[:2].min() * np.array([1.0, rng.uniform(0.7, 1.3), rng.uniform(0.8, 1.5)])
+        noise = _smooth_noise(rng, shape, 2.0)
+        d = np.sqrt((((grid - centre[:, None, None, None]) / r[:, None, None, None]) ** 2).sum(0)) + 0.35 * noise
+        label[(d <= 1.0) & brain] = 2
+        label[(d <= 0.55) & brain] = 1
+    flair = np.where(brain, 110.0, 0.0) + np.where(skull, 60.0, 0.0)
+    flair[vent] = 40.0
+    flair[label == 2] = 200.0
+    flair[label == 1] = 170.0
+    t1 = np.where(brain, 120.0, 0.0) + np.where(skull, 180.0, 0.0)
+    t1[vent] = 50.0
+    t1[label > 0] = 95.0
+    t1c = t1.copy()
+    core = label == 1
+    rim = core & ~ndimage.binary_erosion(core, iterations=1)
+    t1c[rim] = 230.0
+    gain = rng.uniform(0.8, 1.2)
+    out = {}
+    for name, img in (("flair", flair), ("t1", t1), ("t1c", t1c)):
+        img = ndimage.gaussian_filter(img * gain, sigma=0.7)
+        img = img * (1.0 + 0.15 * _smooth_noise(rng, shape, 8.0))  # bias field
+        img += np.where(head, rng.normal(0, 6, shape), np.abs(rng.normal(0, 2, shape)))
+        out[name] = np.clip(img, 0, 255).astype(np.float32)
+    affine = np.diag([-sp[0], -sp[1], sp[2], 1.0])
+    affine[:3, 3] = [half[0], half[1], -half[2]]
+    out.update(label=label, brain=brain.astype(np.uint8), affine=affine)
+    return out
+
+
+def write_brain_slices(out_dir: str | Path, num_patients: int = 6, seed: int = 0, size: int = 64,
+                       num_slices: int = 12, first: int = 0) -> Path:
+    """Write phantom patients in the LGG slice-folder layout and return ``out_dir``.
+
+    ``<out>/BRAINPH_<nnn>/BRAINPH_<nnn>_<k>.tif`` (RGB uint8: pre-contrast T1, FLAIR, post-contrast T1, the
+    LGG channel order) with ``..._<k>_mask.tif`` (0/255), k = 1..num_slices.
+    """
+    from PIL import Image
+
+    from monai_pipeline.io import atomic_path
+
+    out = Path(out_dir)
+    for p in range(first, first + num_patients):
+        name = f"BRAINPH_{p:03d}"
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        ph = make_brain_phantom(seed * 1000 + p, (size, size, num_slices))
+        rgb = np.stack([ph["t1"], ph["flair"], ph["t1c"]], axis=-1).round().astype(np.uint8)
+        for k in range(num_slices):
+            for suffix, arr in (("", rgb[:, :, k].transpose(1, 0, 2)),
+                                ("_mask", (ph["label"][:, :, k].T > 0).astype(np.uint8) * 255)):
+                dest = folder / f"{name}_{k + 1}{suffix}.tif"
+                with atomic_path(dest) as tmp:
+                    Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="TIFF", compression="tiff_deflate")
+    logger.info("wrote %d phantom patients of %d slices to %s", num_patients, num_slices, out)
+    return out
+
+
+def write_brain_volumes(out_dir: str | Path, num_train: int = 6, num_test: int = 2, seed: int = 0,
+                        shape: Sequence[int] = (64, 64, 12)) -> Path:
+    """Write phantom brain volumes as an MSD-style dataset (FLAIR and T1c per case) and return dataset.json.
+
+    ``imagesTr/brainph_<nnn>_flair.nii.gz``, ``..._t1c.nii.gz``, ``labelsTr/brainph_<nnn>.nii.gz`` (0/1/2);
+    test cases in ``imagesTs`` (labels in ``labelsTs`` for scoring).
+    """
+    out = Path(out_dir)
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    first_test = max(100, num_train)
+    training, test = [], []
+    for part, idx in [("Tr", i) for i in range(num_train)] + [("Ts", first_test + i) for i in range(num_test)]:
+        ph = make_brain_phantom(seed * 1000 + 500 + idx, shape)
+        case = f"brainph_{idx:03d}"
+        files = [f"images{part}/{case}_{m}.nii.gz" for m in ("flair", "t1c")]
+        for rel, m in zip(files, ("flair", "t1c")):
+            write_nifti(ph[m], ph["affine"], out / rel)
+        write_nifti(ph["label"], ph["affine"], out / f"labels{part}" / f"{case}.nii.gz")
+        if part == "Tr":
+            training.append({"image": files, "label": f"labelsTr/{case}.nii.gz"})
+        else:
+            test.append({"image": files})
+    meta = {"name": "Brain tumour (synthetic phantoms)", "licence": "CC0 (generated data)",
+            "tensorImageSize": "3D", "modality": {"0": "FLAIR", "1": "T1c"},
+            "labels": {"0": "background", "1": "tumour core", "2": "oedema"},
+            "numTraining": len(training), "numTest": len(test), "training": training, "test": test}
+    path = out / "dataset.json"
+    atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
     return path

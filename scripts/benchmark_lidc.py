@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,25 +32,8 @@ from monai_pipeline.evaluation import read_metric_details  # noqa: E402
 from monai_pipeline.io import atomic_write_text  # noqa: E402
 from monai_pipeline.training import default_device, latest_checkpoint  # noqa: E402
 
-
-def git_rev() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return rev.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+sys.path.insert(0, str(ROOT / "scripts"))
+from _provenance import cpu_model, git_rev  # noqa: E402
 
 
 def main(argv=None) -> int:
