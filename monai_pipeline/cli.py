@@ -1,10 +1,10 @@
 """``monai-pipeline``: the command line, a thin layer over the bundles and the package.
 
     monai-pipeline demo                         synthetic data -> train -> evaluate -> infer -> summary
-    monai-pipeline synth --out DIR              write a synthetic Task06_Lung-style dataset
+    monai-pipeline synth --out DIR              write synthetic phantoms (lung CT, or --kind brain-slices|brain-volumes)
     monai-pipeline train --dataset-dir DIR      train a bundle (MONAI bundle run, same overrides)
     monai-pipeline infer --images PATH...       sliding-window inference, masks in the source geometry
-    monai-pipeline evaluate --pred DIR --label DIR   Dice of written masks against labels
+    monai-pipeline evaluate --pred DIR --label DIR   Dice of written masks against labels (volumes or 2D slices)
     monai-pipeline evaluate-bundle --dataset-dir DIR  a bundle's evaluate workflow on its validation split
 
 Every bundle option is reachable with ``--set key=value`` (values parsed as JSON when they parse), and
@@ -48,8 +48,16 @@ def _overrides(args: argparse.Namespace, **known: Any) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ commands
 def cmd_synth(args: argparse.Namespace) -> int:
-    from monai_pipeline.synthetic import PhantomSpec, write_msd_dataset
+    from monai_pipeline.synthetic import PhantomSpec, write_brain_slices, write_brain_volumes, write_msd_dataset
 
+    if args.kind == "brain-slices":
+        path = write_brain_slices(args.out, args.num_train + args.num_test, args.seed)
+        print(f"dataset: {path} ({args.num_train + args.num_test} patient folders of slices)")
+        return 0
+    if args.kind == "brain-volumes":
+        path = write_brain_volumes(args.out, args.num_train, args.num_test, args.seed)
+        print(f"dataset: {path}")
+        return 0
     spec = PhantomSpec(tuple(args.shape), tuple(args.spacing))
     path = write_msd_dataset(args.out, args.num_train, args.num_test, args.seed, spec, progress=True)
     print(f"dataset: {path}")
@@ -93,6 +101,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for folder in (args.pred, args.label):
         if not Path(folder).is_dir():
             raise DataError(f"{folder}: folder not found")
+    if any(Path(args.pred).rglob("*.png")):
+        return _evaluate_slices(args)
+    args.postfix = args.postfix or "seg"
     preds = {case_id(p).removesuffix(f"_{args.postfix}"): p for p in sorted(Path(args.pred).iterdir())
              if not p.name.startswith(".") and p.is_file()}
     labels = {case_id(p): p for p in sorted(Path(args.label).iterdir()) if not p.name.startswith(".") and p.is_file()}
@@ -108,6 +119,40 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"mean dice {mean:.4f} over {len(rows)} cases")
     if args.out:
         atomic_write_text(Path(args.out) / "metrics.json", json.dumps({"mean_dice": mean, "cases": rows}, indent=2))
+    return 0
+
+
+def _evaluate_slices(args: argparse.Namespace) -> int:
+    """2D slice masks (PNG) against a slice dataset: per-slice Dice/IoU and per-patient volumetric Dice."""
+    import statistics
+
+    from monai_pipeline.evaluation import score_slice_folders
+    from monai_pipeline.io import atomic_write_text
+
+    slices, patients = score_slice_folders(args.pred, args.label, args.postfix or "mask")
+    for r in patients:
+        print(f"{r['patient']:32s} patient dice {r['dice']:.4f}  ({r['n_slices']} slices, "
+              f"{r['n_tumour_slices']} with tumour)")
+    tumour = [r["dice"] for r in slices if r["label_pixels"] > 0]
+    summary = {
+        "mean_patient_dice": statistics.fmean(r["dice"] for r in patients),
+        "median_patient_dice": statistics.median(r["dice"] for r in patients),
+        "mean_slice_dice_all": statistics.fmean(r["dice"] for r in slices),
+        "mean_slice_dice_tumour_slices": statistics.fmean(tumour) if tumour else None,
+        "mean_slice_iou_all": statistics.fmean(r["iou"] for r in slices),
+        "n_patients": len(patients), "n_slices": len(slices),
+        "rules": "slice with empty prediction and empty label: Dice = IoU = 1 (counted in *_all, not in "
+                 "*_tumour_slices); patient Dice is volumetric over all its slices",
+    }
+    print(f"mean patient dice {summary['mean_patient_dice']:.4f} (median {summary['median_patient_dice']:.4f}) "
+          f"over {len(patients)} patients, {len(slices)} slices")
+    if args.out:
+        out = Path(args.out)
+        atomic_write_text(out / "metrics.json", json.dumps({**summary, "patients": patients, "slices": slices},
+                                                           indent=2))
+        cols = ["patient", "slice_id", "dice", "iou", "pred_pixels", "label_pixels", "both_empty"]
+        atomic_write_text(out / "slice_metrics.csv", "\n".join([",".join(cols)] + [
+            ",".join(str(r[c]) for c in cols) for r in slices]) + "\n")
     return 0
 
 
@@ -135,8 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: GPU when present)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("synth", help="write a synthetic MSD Task06_Lung-style dataset of chest CT phantoms")
+    p = sub.add_parser("synth", help="write synthetic phantoms: lung CT (MSD Task06_Lung layout) or brain MRI")
     p.add_argument("--out", required=True, help="dataset folder")
+    p.add_argument("--kind", choices=["lung", "brain-slices", "brain-volumes"], default="lung",
+                   help="lung: chest CT volumes; brain-slices: LGG-layout patient folders of TIFF slices + masks "
+                        "(num-train + num-test patients); brain-volumes: FLAIR + T1c volumes with dataset.json")
     p.add_argument("--num-train", type=int, default=12)
     p.add_argument("--num-test", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
@@ -169,14 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", nargs="+", required=True, help="image files, a folder, or a .txt list of paths")
     p.add_argument("--ckpt-dir", required=True, help="folder holding model.pt")
     p.add_argument("--output-dir", required=True)
-    p.add_argument("--ext", default=".nii.gz", choices=[".nii.gz", ".nii", ".nrrd", ".mha"])
+    p.add_argument("--ext", default=".nii.gz", choices=[".nii.gz", ".nii", ".nrrd", ".mha"],
+                   help="format of volume masks (2D slices always give PNG)")
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("evaluate", help="Dice of masks in --pred against labels in --label, paired by case ID")
     p.add_argument("--pred", required=True)
     p.add_argument("--label", required=True)
     p.add_argument("--out", help="folder for metrics.json")
-    p.add_argument("--postfix", default="seg", help="postfix of prediction names (lung_001_seg.nii.gz)")
+    p.add_argument("--postfix", help="postfix of prediction names: default seg for volumes (lung_001_seg.nii.gz), "
+                                     "mask for PNG slices (TCGA_CS_4942_19970222_12_mask.png)")
     p.set_defaults(func=cmd_evaluate)
     return parser
 

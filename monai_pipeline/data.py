@@ -469,21 +469,37 @@ def _gather_paths(images: str | os.PathLike | Iterable[str | os.PathLike], suffi
 
 
 def image_datalist(images: str | os.PathLike | Iterable[str | os.PathLike], ndim: int = 3,
-                   slices: bool = False) -> list[dict]:
+                   slices: bool = False, skip_bad: bool = False) -> list[dict]:
     """Validated inference datalist from image paths, a folder of images, or a text file of paths.
 
     Returns ``[{"image": abs_path, "case_id": ...}]``. Duplicated case IDs are refused because their
     outputs would overwrite each other. An entry may itself be a list of files: one volume per modality
     (``{"image": [flair, t1c]}``, checked to share one grid). With ``slices=True`` 2D slice images
     (TIFF/PNG/JPEG) are accepted too, each as a stack of one slice (``{"image": [path]}``); a list may not
-    mix slices and volumes.
+    mix slices and volumes. With ``skip_bad=True`` (batch inference) an unusable file is logged and left
+    out instead of stopping the run; the skipped files and their faults are listed in the log, and an
+    error is raised only when nothing usable is left.
     """
+    if skip_bad:
+        items, bad = [], []
+        for entry in _gather_paths(images, IMAGE_SUFFIXES + (SLICE_SUFFIXES if slices else ())):
+            try:
+                items.extend(image_datalist([entry], ndim, slices))
+            except DataError as err:
+                bad.append(str(err))
+                logger.warning("skipped: %s", err)
+        if bad:
+            logger.warning("skipped %d unusable input(s) of %d:\n  %s", len(bad), len(bad) + len(items),
+                           "\n  ".join(bad))
+        if not items:
+            raise DataError(f"no usable input among {len(bad)}: " + "; ".join(bad[:3]))
+        return _unique_case_ids(items)
     suffixes = IMAGE_SUFFIXES + (SLICE_SUFFIXES if slices else ())
     paths = _gather_paths(images, suffixes)
     kinds = {is_slice_file(_first(q)) for q in paths}
     if len(kinds) > 1:
         raise DataError("the inference datalist mixes 2D slice images and 3D volumes; run them separately")
-    items, seen = [], {}
+    items = []
     for entry in paths:
         full = _first(entry)
         if isinstance(entry, list) and len(entry) == 0:
@@ -499,11 +515,17 @@ def image_datalist(images: str | os.PathLike | Iterable[str | os.PathLike], ndim
         else:
             image_info(full, ndim)
             item = {"image": full}
-        cid = case_id(full)
+        items.append({**item, "case_id": case_id(full)})
+    return _unique_case_ids(items)
+
+
+def _unique_case_ids(items: list[dict]) -> list[dict]:
+    seen: dict[str, str] = {}
+    for item in items:
+        cid, full = item["case_id"], _first(item["image"])
         if cid in seen:
             raise DataError(f"{full}: case ID '{cid}' is also used by {seen[cid]}; outputs would collide")
         seen[cid] = full
-        items.append({**item, "case_id": cid})
     return items
 
 

@@ -163,7 +163,7 @@ class SaveMaskd:
         overlay: for slice stacks, also write ``<slice>_overlay.png`` (image with the mask shaded).
         overlay_channel: channel shown in grey in the overlays; None shows the image as stored.
 
-    A stack of 2D slices (``meta["slice_files"]``, from :class:`~monai_pipeline.transforms.LoadBrainImaged`)
+    A stack of 2D slices (``meta["slice_files"]``, one file per line, from :class:`~monai_pipeline.transforms.LoadBrainImaged`)
     is written slice by slice: ``<slice>_<postfix>.png`` (0/255, each slice's own size).
     """
 
@@ -191,7 +191,7 @@ class SaveMaskd:
         if not source:
             raise KeyError(f"SaveMaskd: {self.source_key!r} carries no source file name in its metadata")
         if meta.get("slice_files"):
-            return self._save_slices(d, meta["slice_files"])
+            return self._save_slices(d, str(meta["slice_files"]).split("\n"))
         for i, key in enumerate(self.keys):
             postfix = self.output_postfix if len(self.keys) == 1 else f"{self.output_postfix}_{key}"
             dest = mask_path(source, self.output_dir, postfix, self.output_ext)

@@ -53,7 +53,8 @@ class LoadBrainImaged(MapTransform):
 
     * ``data[key]`` a slice file or a list of slice files (TIFF/PNG/JPEG, read by
       :func:`monai_pipeline.data.read_slice`): the slices stacked along the last axis, a ``MetaTensor``
-      with affine diag(-1, -1, 1) and ``meta["slice_files"]`` listing the files (``filename_or_obj`` is the first).
+      with affine diag(-1, -1, 1) and ``meta["slice_files"]`` listing the files, one per line (a string, so
+      stacks of different depth still batch; ``filename_or_obj`` is the first).
     * ``data[key]`` a volume or a list of volumes (one per modality, on one grid): MONAI's ``LoadImage``
       with the files stacked as channels; orient with ``Orientationd(axcodes="LPS")`` afterwards.
 
@@ -79,7 +80,7 @@ class LoadBrainImaged(MapTransform):
             arrays = [read_slice(f, mask=self.label) for f in files]
             arrays = [a[..., None] if a.ndim == 2 else a for a in arrays]
             stack = np.stack([a.transpose(2, 1, 0) for a in arrays], axis=-1)  # (C, W, H, N)
-            meta = {"filename_or_obj": str(files[0]), "slice_files": [str(f) for f in files],
+            meta = {"filename_or_obj": str(files[0]), "slice_files": "\n".join(str(f) for f in files),
                     "original_affine": SLICE_STACK_AFFINE.copy(), "spatial_shape": np.asarray(stack.shape[1:])}
             return MetaTensor(torch.as_tensor(stack.astype(np.float32)), affine=torch.as_tensor(SLICE_STACK_AFFINE),
                               meta=meta)

@@ -13,12 +13,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (ROOT.parent / "shared" / "data").resolve()
 LUNG_BUNDLE = ROOT / "bundles" / "lung_ct_tumor_segmentation"
+BRAIN_BUNDLE = ROOT / "bundles" / "brain_mri_tumor_segmentation_2d"
 VENV_BIN = Path(sys.executable).parent
 
 CFG_TRAIN = "['configs/common.json','configs/train.json']"
 
 # overrides that make bundle runs take seconds on tiny phantoms
 TINY = ["--patch_size", "[32,32,16]", "--pixdim", "[4.0,4.0,5.0]", "--num_workers", "0", "--sw_batch_size", "2"]
+# the same for the brain bundle's 64 x 64 phantom slices
+BRAIN_TINY = ["--image_size", "[64,64]", "--num_workers", "0", "--num_samples", "4"]
 
 
 def shared(*parts: str) -> Path:

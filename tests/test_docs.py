@@ -1,4 +1,4 @@
-"""Every command in the lung bundle's docs/README.md runs as printed, in order, from the bundle folder.
+"""Every command in each bundle's docs/README.md runs as printed, in order, from the bundle folder.
 
 The commands are read from the README's ```bash blocks. To keep the suite fast, size overrides are
 appended to the printed commands (tiny phantoms, 1 epoch, small patches); nothing else is changed.
@@ -11,14 +11,16 @@ import re
 import shlex
 import shutil
 
-from conftest import LUNG_BUNDLE, ROOT, TINY, VENV_BIN, run_cmd
+from conftest import BRAIN_BUNDLE, BRAIN_TINY, LUNG_BUNDLE, ROOT, TINY, VENV_BIN, run_cmd
 
 SYNTH_SIZE = ["--num-train", "6", "--num-test", "2", "--shape", "48", "48", "24", "--spacing", "5", "5", "8"]
 RUN_SIZE = ["--epochs", "1", "--val_interval", "1", "--val_fraction", "0.34", *TINY]
+BRAIN_SYNTH_SIZE = ["--num-train", "4", "--num-test", "2"]
+BRAIN_RUN_SIZE = ["--epochs", "1", "--val_interval", "1", "--val_fraction", "0.34", *BRAIN_TINY]
 
 
-def doc_commands() -> list[str]:
-    text = (LUNG_BUNDLE / "docs" / "README.md").read_text()
+def doc_commands(bundle_root=LUNG_BUNDLE) -> list[str]:
+    text = (bundle_root / "docs" / "README.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
     return [ln.strip() for block in blocks for ln in block.splitlines() if ln.strip() and not ln.startswith("#")]
 
@@ -49,3 +51,34 @@ def test_docs_commands_run_as_printed(tmp_path):
     assert (cwd / "eval" / "val_mean_dice_raw.csv").is_file()
     assert (cwd / "eval" / "lung_100_seg.nrrd").is_file() and (cwd / "eval" / "lung_101_seg.nii.gz").is_file()
     assert (cwd / "eval" / "mlruns.db").is_file()
+
+
+def test_brain_docs_list_the_expected_commands():
+    cmds = doc_commands(BRAIN_BUNDLE)
+    assert any(c.startswith("monai-pipeline synth --kind brain-slices") for c in cmds)
+    assert any(c.startswith("monai-pipeline synth --kind brain-volumes") for c in cmds)
+    for needle in ("configs/train.json", "configs/evaluate.json", "configs/inference.json", "multi_gpu_train.json",
+                   "verify_metadata", "verify_net_in_out", "ckpt_export", "--resume True", "network_segresnet_2d.json",
+                   "monai-pipeline evaluate"):
+        assert any(needle in c for c in cmds), needle
+
+
+def test_brain_docs_commands_run_as_printed(tmp_path):
+    shutil.copytree(ROOT / "bundles", tmp_path / "bundles")
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    cwd = tmp_path / "bundles" / BRAIN_BUNDLE.name
+    for cmd in doc_commands(BRAIN_BUNDLE):
+        words = shlex.split(cmd)
+        if words[0] == "monai-pipeline" and words[1] == "synth":
+            words += BRAIN_SYNTH_SIZE
+        elif "run" in words[:5]:
+            words += BRAIN_RUN_SIZE
+        words[0] = str(VENV_BIN / words[0]) if (VENV_BIN / words[0]).exists() else words[0]
+        run_cmd(words, cwd=cwd, timeout=900)
+    assert (cwd / "models" / "model.pt").is_file() and (cwd / "models" / "model.ts").is_file()
+    assert (cwd / "models_segresnet" / "model.pt").is_file()
+    assert (cwd / "eval" / "val_mean_dice_raw.csv").is_file() and (cwd / "eval" / "slice_scores" / "metrics.json").is_file()
+    assert (cwd / "eval" / "BRAINPH_000_5_mask.png").is_file() and (cwd / "eval" / "BRAINPH_000_5_overlay.png").is_file()
+    assert (cwd / "eval" / "one_slice" / "BRAINPH_000_5_mask.png").is_file()
+    assert sorted(p.name for p in (cwd / "eval_volumes").glob("*_mask.nii.gz")) == [
+        "brainph_100_flair_mask.nii.gz", "brainph_101_flair_mask.nii.gz"]
