@@ -318,6 +318,14 @@ def make_brain_phantom(seed: int, shape: Sequence[int] = (64, 64, 12),
     return out
 
 
+def _flip_ij(affine: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Affine of an array flipped along its first two axes (same world positions)."""
+    flip = np.eye(4)
+    for ax in (0, 1):
+        flip[ax, ax], flip[ax, 3] = -1.0, shape[ax] - 1
+    return affine @ flip
+
+
 def write_brain_slices(out_dir: str | Path, num_patients: int = 6, seed: int = 0, size: int = 64,
                        num_slices: int = 12, first: int = 0) -> Path:
     """Write phantom patients in the LGG slice-folder layout and return ``out_dir``.
@@ -351,7 +359,8 @@ def write_brain_volumes(out_dir: str | Path, num_train: int = 6, num_test: int =
     """Write phantom brain volumes as an MSD-style dataset (FLAIR and T1c per case) and return dataset.json.
 
     ``imagesTr/brainph_<nnn>_flair.nii.gz``, ``..._t1c.nii.gz``, ``labelsTr/brainph_<nnn>.nii.gz`` (0/1/2);
-    test cases in ``imagesTs`` (labels in ``labelsTs`` for scoring).
+    test cases in ``imagesTs`` (labels in ``labelsTs`` for scoring). Odd-numbered cases are stored in RAS
+    voxel order, the others in LPS order (as BraTS files are), with the matching affines.
     """
     out = Path(out_dir)
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
@@ -360,6 +369,8 @@ def write_brain_volumes(out_dir: str | Path, num_train: int = 6, num_test: int =
     training, test = [], []
     for part, idx in [("Tr", i) for i in range(num_train)] + [("Ts", first_test + i) for i in range(num_test)]:
         ph = make_brain_phantom(seed * 1000 + 500 + idx, shape)
+        if idx % 2:  # every other case stored in RAS voxel order, so orientation handling shows
+            ph = {k: (v[::-1, ::-1].copy() if k != "affine" else _flip_ij(v, shape)) for k, v in ph.items()}
         case = f"brainph_{idx:03d}"
         files = [f"images{part}/{case}_{m}.nii.gz" for m in ("flair", "t1c")]
         for rel, m in zip(files, ("flair", "t1c")):

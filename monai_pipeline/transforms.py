@@ -150,8 +150,9 @@ class BrainNormalized(MapTransform):
         for key in self.key_iterator(d):
             img = d[key]
             out = self._normalise(torch.as_tensor(img))
-            d[key] = img.new_tensor(out) if not isinstance(img, MetaTensor) else MetaTensor(out, meta=img.meta,
-                                                                                               applied_operations=img.applied_operations)
+            if isinstance(img, MetaTensor):
+                out = MetaTensor(out, meta=img.meta, applied_operations=img.applied_operations)
+            d[key] = out
         return d
 
 

@@ -1,0 +1,295 @@
+"""The brain MRI 2D bundle: slice-folder and volume loaders, per-patient Dice, and the bundle through
+``python -m monai.bundle`` on phantom slices and volumes (and real LGG / BraTS files where present)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import BRAIN_BUNDLE, BRAIN_TINY, VENV_BIN, bundle, run_cmd, shared
+from monai_pipeline.data import DataError, brain_datalist, image_datalist, lgg_datalist, read_slice, slice_folder
+from monai_pipeline.evaluation import patient_dice, score_slice_folders, slice_scores
+from test_export import assert_same_geometry
+
+CFG_TRAIN = "['configs/common.json','configs/train.json']"
+CFG_EVAL = "['configs/common.json','configs/evaluate.json']"
+CFG_INFER = "['configs/common.json','configs/inference.json']"
+
+
+@pytest.fixture(scope="session")
+def brain_slices(tmp_path_factory) -> Path:
+    """6 phantom patients of 12 slices (64 x 64 RGB TIFF + 0/255 masks) in the LGG layout."""
+    from monai_pipeline.synthetic import write_brain_slices
+
+    return write_brain_slices(tmp_path_factory.mktemp("lgg") / "lgg", num_patients=6, seed=1)
+
+
+@pytest.fixture(scope="session")
+def brain_volumes(tmp_path_factory) -> Path:
+    """6 training and 2 test phantom volumes (FLAIR + T1c), half of them stored in RAS, half in LPS order."""
+    from monai_pipeline.synthetic import write_brain_volumes
+
+    out = tmp_path_factory.mktemp("bv") / "brain_volumes"
+    write_brain_volumes(out, num_train=6, num_test=2, seed=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def brain_trained(tmp_path_factory, brain_slices) -> Path:
+    """A brain bundle copy trained for 3 epochs on the phantom slices."""
+    root = tmp_path_factory.mktemp("brain") / "brain"
+    shutil.copytree(BRAIN_BUNDLE, root)
+    proc = run_cmd(bundle("run", "--config_file", CFG_TRAIN, "--dataset_dir", str(brain_slices), "--epochs", "3",
+                          "--val_interval", "1", "--val_fraction", "0.34", *BRAIN_TINY), cwd=root)
+    (root / "train.log").write_text(proc.stdout + proc.stderr)
+    return root
+
+
+def _tif(path: Path, arr: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------- loaders
+def test_real_lgg_layout_reads_per_patient(tmp_path):
+    root = shared("lgg_kaggle_3m")
+    items = lgg_datalist(root)
+    assert len(items) == 35 and sum(len(d["image"]) for d in items) == 932
+    first = next(d for d in items if d["case_id"] == "TCGA_CS_4942_19970222")
+    assert [Path(f).name for f in first["image"][:3]] == [f"TCGA_CS_4942_19970222_{n}.tif" for n in (1, 2, 3)]
+    assert all(Path(lab).name == Path(img).name.replace(".tif", "_mask.tif") for img, lab in zip(first["image"], first["label"]))
+    assert read_slice(first["image"][0]).shape == (256, 256, 3)
+    n_tumour = sum(int(read_slice(lab, mask=True).any()) for d in items for lab in d["label"])
+    assert n_tumour == 306  # as the dataset's SOURCE.md states
+
+
+def test_splits_are_by_patient(brain_slices):
+    parts = {s: brain_datalist(brain_slices, s, val_fraction=0.2, test_fraction=0.34, seed=4) for s in ("train", "val", "test")}
+    ids = {s: {d["patient"] for d in v} for s, v in parts.items()}
+    assert not ids["train"] & ids["val"] and not ids["train"] & ids["test"] and not ids["val"] & ids["test"]
+    assert set().union(*ids.values()) == {f"BRAINPH_{i:03d}" for i in range(6)} and all(ids.values())
+    folds = [brain_datalist(brain_slices, "val", split_mode="kfold", num_folds=3, fold=k) for k in range(3)]
+    assert sorted(d["patient"] for f in folds for d in f) == sorted(f"BRAINPH_{i:03d}" for i in range(6))
+    # the same seed gives the same split; a volume dataset is split the same way
+    assert brain_datalist(brain_slices, "val", seed=7) == brain_datalist(brain_slices, "val", seed=7)
+
+
+def test_volume_dataset_lists_modalities(brain_volumes):
+    items = brain_datalist(brain_volumes, "all")
+    assert len(items) == 6 and all(len(d["image"]) == 2 for d in items)
+    assert Path(items[0]["image"][0]).name == "brainph_000_flair.nii.gz"
+    test = brain_datalist(brain_volumes, "test")
+    assert [Path(d["image"][1]).name for d in test] == ["brainph_100_t1c.nii.gz", "brainph_101_t1c.nii.gz"]
+
+
+BAD_SLICE_CASES = {
+    "image without mask": (lambda f: f.with_name(f.name.replace(".tif", "_mask.tif")).unlink(), "image without its mask"),
+    "mask without image": (lambda f: f.unlink(), "mask without its image"),
+    "mask of another size": (lambda f: _tif(f.with_name(f.name.replace(".tif", "_mask.tif")), np.zeros((32, 64), np.uint8)),
+                             "differs from image"),
+    "mask values 0/128": (lambda f: _tif(f.with_name(f.name.replace(".tif", "_mask.tif")), np.full((64, 64), 128, np.uint8)),
+                          "mask values must be 0/255 or 0/1"),
+    "truncated image": (lambda f: f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2]), "not a readable image"),
+    "text file named .tif": (lambda f: f.write_text("not an image"), "not a readable image"),
+    "empty image file": (lambda f: f.write_bytes(b""), "file is empty"),
+    "colour mask": (lambda f: _tif(f.with_name(f.name.replace(".tif", "_mask.tif")),
+                                   np.stack([np.zeros((64, 64), np.uint8), np.full((64, 64), 255, np.uint8),
+                                             np.zeros((64, 64), np.uint8)], -1)), "one channel"),
+    "badly named slice": (lambda f: shutil.copy(f, f.with_name("scan.tif")), "slice name must be"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SLICE_CASES))
+def test_bad_slice_folders_are_refused_naming_the_file(brain_slices, tmp_path, case):
+    root = tmp_path / "lgg"
+    shutil.copytree(brain_slices, root)
+    target = root / "BRAINPH_002" / "BRAINPH_002_7.tif"
+    damage, message = BAD_SLICE_CASES[case]
+    damage(target)
+    with pytest.raises(DataError, match=message) as err:
+        brain_datalist(root, "train")
+    assert "BRAINPH_002" in str(err.value)
+
+
+def test_volume_that_is_not_3d_is_refused(brain_volumes, tmp_path):
+    root = tmp_path / "vols"
+    shutil.copytree(brain_volumes, root)
+    flair = root / "imagesTr" / "brainph_003_flair.nii.gz"
+    img = nib.load(str(flair))
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:, :, 0], img.affine), str(flair))
+    with pytest.raises(DataError, match="brainph_003_flair.nii.gz: expected a 3D volume"):
+        brain_datalist(root, "train")
+
+
+def test_inference_list_refuses_mixed_kinds_and_can_skip_bad_slices(brain_slices, brain_volumes, tmp_path):
+    slices = sorted((brain_slices / "BRAINPH_000").glob("*[0-9].tif"))[:3]
+    volume = brain_volumes / "imagesTs" / "brainph_100_flair.nii.gz"
+    with pytest.raises(DataError, match="mixes 2D slice images and 3D volumes"):
+        image_datalist([*map(str, slices), str(volume)], slices=True)
+    bad = tmp_path / "BROKEN_1.tif"
+    bad.write_bytes(slices[0].read_bytes()[:300])
+    with pytest.raises(DataError, match="BROKEN_1.tif"):
+        image_datalist([str(bad), *map(str, slices)], slices=True)
+    items = image_datalist([str(bad), *map(str, slices)], slices=True, skip_bad=True)
+    assert [Path(d["image"][0]).name for d in items] == [p.name for p in slices]
+
+
+# -------------------------------------------------------------------------------------- transforms
+def test_slices_and_volumes_reach_the_network_alike(tmp_path):
+    """One phantom written as TIFF slices, as an LPS volume and as an RAS volume gives the same input."""
+    from monai.transforms import Compose, Orientationd
+
+    from monai_pipeline.synthetic import _flip_ij, make_brain_phantom
+    from monai_pipeline.transforms import BrainNormalized, LoadBrainImaged
+
+    ph = make_brain_phantom(5, (48, 40, 6))
+    flair = ph["flair"].round().astype(np.uint8)
+    for k in range(6):
+        _tif(tmp_path / "P" / f"P_{k + 1}.tif", np.ascontiguousarray(flair[:, :, k].T))
+    nib.save(nib.Nifti1Image(flair.astype(np.float32), ph["affine"]), str(tmp_path / "lps.nii.gz"))
+    nib.save(nib.Nifti1Image(flair[::-1, ::-1].astype(np.float32), _flip_ij(ph["affine"], flair.shape)),
+             str(tmp_path / "ras.nii.gz"))
+    chain = Compose([LoadBrainImaged("image"), Orientationd("image", axcodes="LPS"), BrainNormalized("image")])
+    stack = chain({"image": [str(tmp_path / "P" / f"P_{k + 1}.tif") for k in range(6)]})["image"]
+    for name in ("lps.nii.gz", "ras.nii.gz"):
+        vol = chain({"image": str(tmp_path / name)})["image"]
+        assert vol.shape == stack.shape == (1, 48, 40, 6)
+        torch.testing.assert_close(vol.as_tensor(), stack.as_tensor(), atol=1e-4, rtol=1e-4)
+
+
+def test_normalisation_is_per_slice_and_channel():
+    from monai_pipeline.transforms import BrainNormalized
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(2, 32, 32, 3)
+    x[:, 8:24, 8:24] = torch.rand(2, 16, 16, 3, generator=g) * torch.tensor([10.0, 200.0]).reshape(2, 1, 1, 1) + 5
+    out = BrainNormalized("image")({"image": x})["image"]
+    fg = out[:, 8:24, 8:24]
+    torch.testing.assert_close(fg.mean(dim=(1, 2)), torch.zeros(2, 3), atol=1e-4, rtol=0)
+    torch.testing.assert_close(fg.std(dim=(1, 2), unbiased=False), torch.ones(2, 3), atol=1e-4, rtol=0)
+    assert float(out[:, :8].abs().max()) == 0.0  # background stays 0
+    alone = BrainNormalized("image")({"image": x[..., 1]})["image"]  # one slice alone: same result
+    torch.testing.assert_close(alone, out[..., 1])
+
+
+# -------------------------------------------------------------------------------------------- metrics
+def test_per_patient_dice_hand_checked(tmp_path):
+    """Patient A: slice 1 pred 4 px / label 4 px / overlap 2; slice 2 pred 0 / label 2; slice 3 both empty.
+    Slice Dice: 2*2/8 = 0.5, 0, 1 (both empty). Patient Dice = 2*2 / (4+4 + 0+2 + 0) = 0.4 (not the slice mean).
+    Patient B: every slice empty in both: Dice 1."""
+    z = np.zeros((4, 6), np.uint8)
+    p1, g1, g2 = z.copy(), z.copy(), z.copy()
+    p1[0, 0:4] = 1
+    g1[0, 2:6] = 1
+    g2[3, 0:2] = 1
+    rows = slice_scores([p1, z, z], [g1, g2, z])
+    assert [r["dice"] for r in rows] == [0.5, 0.0, 1.0]
+    assert [r["iou"] for r in rows] == [2 / 6, 0.0, 1.0]
+    assert [r["both_empty"] for r in rows] == [False, False, True]
+    assert patient_dice(rows) == pytest.approx(0.4)
+    # the same through files: predicted PNGs against an LGG-layout label folder, and through the CLI
+    (tmp_path / "pred").mkdir()
+    for k, (p, g) in enumerate([(p1, g1), (z, g2), (z, z)], start=1):
+        for patient, pred, label in (("PATA", p, g), ("PATB", z, z)):
+            _tif(tmp_path / "labels" / patient / f"{patient}_{k}.tif", np.zeros((4, 6, 3), np.uint8))
+            _tif(tmp_path / "labels" / patient / f"{patient}_{k}_mask.tif", label * 255)
+            Image.fromarray(pred * 255).save(tmp_path / "pred" / f"{patient}_{k}_mask.png")
+    slices, patients = score_slice_folders(tmp_path / "pred", tmp_path / "labels")
+    assert {p["patient"]: p["dice"] for p in patients} == {"PATA": pytest.approx(0.4), "PATB": 1.0}
+    assert len(slices) == 6
+    proc = run_cmd([str(VENV_BIN / "monai-pipeline"), "evaluate", "--pred", str(tmp_path / "pred"), "--label",
+                    str(tmp_path / "labels"), "--out", str(tmp_path / "out")], cwd=tmp_path)
+    summary = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert summary["mean_patient_dice"] == pytest.approx(0.7) and summary["mean_slice_dice_tumour_slices"] == pytest.approx(0.25)
+    assert "PATA" in proc.stdout and (tmp_path / "out" / "slice_metrics.csv").read_text().count("\n") == 7
+    (tmp_path / "pred" / "PATC_1_mask.png").write_bytes((tmp_path / "pred" / "PATB_1_mask.png").read_bytes())
+    proc = run_cmd([str(VENV_BIN / "monai-pipeline"), "evaluate", "--pred", str(tmp_path / "pred"), "--label",
+                    str(tmp_path / "labels")], cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "PATC_1_mask.png: no label mask" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------- bundle
+def test_bundle_trains_and_evaluates_per_patient_on_slices(brain_trained, brain_slices):
+    log = (brain_trained / "train.log").read_text()
+    assert "Epoch: 3/3" in log and "val_mean_dice" in log
+    assert (brain_trained / "models" / "model.pt").is_file()
+    run_cmd(bundle("run", "--config_file", CFG_EVAL, "--dataset_dir", str(brain_slices), "--val_fraction", "0.34",
+                   *BRAIN_TINY), cwd=brain_trained)
+    out = brain_trained / "eval"
+    raw = (out / "val_mean_dice_raw.csv").read_text().splitlines()
+    assert len(raw) == 1 + 2 and (out / "val_mean_iou_raw.csv").is_file()  # two validation patients
+    monai_dice = {Path(r.split(",")[0]).parent.name: float(r.split(",")[-1]) for r in raw[1:]}
+    # MONAI's MeanDice on the stacked slices equals our per-patient Dice of the written PNG masks
+    _, patients = score_slice_folders(out / "predictions", brain_slices)
+    assert {p["patient"]: p["dice"] for p in patients} == pytest.approx(monai_dice, abs=1e-5)
+    for png in sorted((out / "predictions").glob("*_mask.png"))[:4]:
+        arr = np.asarray(Image.open(png))
+        assert arr.shape == (64, 64) and set(np.unique(arr)) <= {0, 255}
+        assert (out / "predictions" / png.name.replace("_mask", "_overlay")).is_file()
+
+
+def test_slice_inference_keeps_each_size_and_skips_a_bad_slice(brain_trained, brain_slices, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for f in sorted((brain_slices / "BRAINPH_004").glob("BRAINPH_004_[3-5].tif")):
+        shutil.copy(f, src / f.name)
+    big = np.asarray(Image.open(src / "BRAINPH_004_3.tif").resize((80, 72)))  # another size: 80 wide, 72 high
+    Image.fromarray(big).save(src / "OTHER_1.png")
+    (src / "BROKEN_1.tif").write_bytes((src / "BRAINPH_004_4.tif").read_bytes()[:200])
+    out = tmp_path / "out"
+    proc = run_cmd(bundle("run", "--config_file", CFG_INFER, "--datalist", str(src), "--output_dir", str(out),
+                          *BRAIN_TINY), cwd=brain_trained)
+    assert "BROKEN_1.tif" in proc.stdout + proc.stderr and "skipped 1 unusable input" in proc.stdout + proc.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["BRAINPH_004_3_mask.png", "BRAINPH_004_4_mask.png", "BRAINPH_004_5_mask.png",
+                            "OTHER_1_mask.png", "BRAINPH_004_3_overlay.png", "BRAINPH_004_4_overlay.png",
+                            "BRAINPH_004_5_overlay.png", "OTHER_1_overlay.png"])
+    assert np.asarray(Image.open(out / "OTHER_1_mask.png")).shape == (72, 80)
+    assert np.asarray(Image.open(out / "OTHER_1_overlay.png")).shape == (72, 80, 3)
+
+
+def test_cli_infer_with_brain_bundle(brain_trained, brain_slices, tmp_path):
+    images = [str(p) for p in sorted((brain_slices / "BRAINPH_005").glob("BRAINPH_005_[12].tif"))]
+    proc = run_cmd([str(VENV_BIN / "monai-pipeline"), "infer", "--bundle", "brain", "--images", *images,
+                    "--ckpt-dir", str(brain_trained / "models"), "--output-dir", str(tmp_path / "o"),
+                    "--set", "image_size=[64,64]", "--set", "num_workers=0"], cwd=tmp_path)
+    assert "2 mask(s) written" in proc.stdout
+    assert (tmp_path / "o" / "BRAINPH_005_1_mask.png").is_file()
+
+
+def test_volumes_train_and_infer_in_source_geometry(brain_volumes, tmp_path):
+    root = tmp_path / "brain"
+    shutil.copytree(BRAIN_BUNDLE, root)
+    common = ["--dataset_dir", str(brain_volumes), "--channels", "[0,1]", *BRAIN_TINY]
+    run_cmd(bundle("run", "--config_file", CFG_TRAIN, "--epochs", "1", "--val_interval", "1", *common), cwd=root)
+    run_cmd(bundle("run", "--config_file", CFG_INFER, "--output_dir", str(tmp_path / "out"), *common), cwd=root)
+    for case in ("brainph_100", "brainph_101"):  # one stored in LPS, one in RAS voxel order
+        mask = tmp_path / "out" / f"{case}_flair_mask.nii.gz"
+        assert_same_geometry(brain_volumes / "imagesTs" / f"{case}_flair.nii.gz", mask)
+
+
+def test_real_brats_volume_through_the_slice_model(brain_trained, tmp_path):
+    """A real BraTS volume (240 x 240 x 155, float32 labels) cut into slices by a model trained on slices:
+    the mask keeps the volume's geometry and the evaluate workflow scores it against label > 0."""
+    case = shared("brats2015", "brats_2013_pat0005_1")
+    flair, t1c = case / "Flair_subtrMeanDivStd.nii.gz", case / "T1c_subtrMeanDivStd.nii.gz"
+    items = json.dumps([{"image": [str(flair), str(flair), str(t1c)], "label": str(case / "OTMultiClass.nii.gz")}])
+    out = tmp_path / "brats"
+    run_cmd(bundle("run", "--config_file", CFG_EVAL, "--eval_datalist", items, "--output_dir", str(out),
+                   *BRAIN_TINY), cwd=brain_trained)
+    mask = out / "predictions" / "Flair_subtrMeanDivStd_mask.nii.gz"
+    assert_same_geometry(flair, mask)
+    raw = (out / "val_mean_dice_raw.csv").read_text().splitlines()
+    dice_monai = float(raw[1].split(",")[-1])
+    p = np.asarray(nib.load(str(mask)).dataobj) > 0
+    g = np.asarray(nib.load(str(case / "OTMultiClass.nii.gz")).dataobj) > 0
+    expected = 2 * np.logical_and(p, g).sum() / (p.sum() + g.sum())
+    assert dice_monai == pytest.approx(expected, abs=1e-5)
