@@ -34,19 +34,25 @@ def test_docs_list_the_expected_commands():
         assert any(needle in c for c in cmds), needle
 
 
-def test_docs_commands_run_as_printed(tmp_path):
-    # the repository layout the README's relative paths assume: bundles/<bundle>, bundles/schemas, configs/
+def run_doc_commands(bundle_root, tmp_path, synth_size: list[str], run_size: list[str]):
+    """Run the bundle README's commands in order from a copy of the repository layout; return the bundle folder."""
+    # the layout the README's relative paths assume: bundles/<bundle>, bundles/schemas, configs/
     shutil.copytree(ROOT / "bundles", tmp_path / "bundles")
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
-    cwd = tmp_path / "bundles" / LUNG_BUNDLE.name
-    for cmd in doc_commands():
+    cwd = tmp_path / "bundles" / bundle_root.name
+    for cmd in doc_commands(bundle_root):
         words = shlex.split(cmd)
         if words[0] == "monai-pipeline" and words[1] == "synth":
-            words += SYNTH_SIZE
+            words += synth_size
         elif "run" in words[:5]:
-            words += RUN_SIZE
+            words += run_size
         words[0] = str(VENV_BIN / words[0]) if (VENV_BIN / words[0]).exists() else words[0]
         run_cmd(words, cwd=cwd, timeout=900)
+    return cwd
+
+
+def test_docs_commands_run_as_printed(tmp_path):
+    cwd = run_doc_commands(LUNG_BUNDLE, tmp_path, SYNTH_SIZE, RUN_SIZE)
     assert (cwd / "models" / "model.pt").is_file() and (cwd / "models" / "model.ts").is_file()
     assert (cwd / "eval" / "val_mean_dice_raw.csv").is_file()
     assert (cwd / "eval" / "lung_100_seg.nrrd").is_file() and (cwd / "eval" / "lung_101_seg.nii.gz").is_file()
@@ -64,17 +70,7 @@ def test_brain_docs_list_the_expected_commands():
 
 
 def test_brain_docs_commands_run_as_printed(tmp_path):
-    shutil.copytree(ROOT / "bundles", tmp_path / "bundles")
-    shutil.copytree(ROOT / "configs", tmp_path / "configs")
-    cwd = tmp_path / "bundles" / BRAIN_BUNDLE.name
-    for cmd in doc_commands(BRAIN_BUNDLE):
-        words = shlex.split(cmd)
-        if words[0] == "monai-pipeline" and words[1] == "synth":
-            words += BRAIN_SYNTH_SIZE
-        elif "run" in words[:5]:
-            words += BRAIN_RUN_SIZE
-        words[0] = str(VENV_BIN / words[0]) if (VENV_BIN / words[0]).exists() else words[0]
-        run_cmd(words, cwd=cwd, timeout=900)
+    cwd = run_doc_commands(BRAIN_BUNDLE, tmp_path, BRAIN_SYNTH_SIZE, BRAIN_RUN_SIZE)
     assert (cwd / "models" / "model.pt").is_file() and (cwd / "models" / "model.ts").is_file()
     assert (cwd / "models_segresnet" / "model.pt").is_file()
     assert (cwd / "eval" / "val_mean_dice_raw.csv").is_file() and (cwd / "eval" / "slice_scores" / "metrics.json").is_file()
