@@ -10,7 +10,10 @@ stacked, the measure of Buda et al. 2019) and, as an out-of-domain check, on the
 since LGG fills a missing pre-contrast sequence with FLAIR). Writes
 ``benchmarks/results/lgg_brain_dice.json`` with the figures, the command, the device and the git revision.
 
-    .venv/bin/python scripts/benchmark_lgg.py --epochs 150          # resumable: run it again to continue
+    .venv/bin/python scripts/benchmark_lgg.py --epochs 150 --set 'channels=[1]'   # resumable: run it again
+
+``--set 'channels=[1]'`` trains on FLAIR alone: in LGG a missing pre- or post-contrast sequence was
+replaced by FLAIR (7 of the 35 patients here), and FLAIR is the sequence the masks were drawn on.
 
 Progress is the bundle's epoch log. A run continues from the latest checkpoint in ``--work`` unless
 ``--no-resume``; ``--eval-only`` evaluates the best checkpoint there without training.
@@ -127,6 +130,7 @@ def main(argv=None) -> int:
         "brats_note": "out-of-domain check: the LGG model applied unchanged to BraTS 2015 volumes (z-scored FLAIR "
                       "and T1c, 240x240x155 at 1 mm), axial slices, channels (FLAIR, FLAIR, T1c), whole tumour = "
                       "label > 0, Dice per volume in the source geometry",
+        "bundle_overrides": extra,
         "epochs": epochs_done if epochs_done is not None else args.epochs,
         "epochs_requested": args.epochs,
         "device": str(default_device()),
