@@ -6,6 +6,7 @@
     monai-pipeline infer --images PATH...       sliding-window inference, masks in the source geometry
     monai-pipeline evaluate --pred DIR --label DIR   Dice of written masks against labels (volumes or 2D slices)
     monai-pipeline evaluate-bundle --dataset-dir DIR  a bundle's evaluate workflow on its validation split
+    monai-pipeline check DATASET                 every problem of a dataset, as a table (integrity check)
 
 Every bundle option is reachable with ``--set key=value`` (values parsed as JSON when they parse), and
 extra config files (``configs/*.json`` overlays) with ``--config FILE``.
@@ -156,6 +157,19 @@ def _evaluate_slices(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from monai_pipeline.check import check_dataset, findings_json, format_table
+    from monai_pipeline.io import atomic_write_text
+
+    findings = check_dataset(args.dataset)
+    print(format_table(findings, args.dataset if Path(args.dataset).is_dir() else ""))
+    errors = sum(f.severity == "error" for f in findings)
+    print(f"{errors} error(s), {len(findings) - errors} warning(s) in {args.dataset}")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(findings_json(findings), indent=2) + "\n")
+    return 1 if errors else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from monai_pipeline.demo import run_demo
 
@@ -220,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ext", default=".nii.gz", choices=[".nii.gz", ".nii", ".nrrd", ".mha"],
                    help="format of volume masks (2D slices always give PNG)")
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("check", help="check a dataset and list every problem found (exit 1 when any is an error)")
+    p.add_argument("dataset", help="dataset folder (dataset.json, LGG slice folders, LIDC index.csv, or any folder of "
+                                   "volumes) or one image file")
+    p.add_argument("--json", metavar="FILE", help="also write the findings as JSON")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("evaluate", help="Dice of masks in --pred against labels in --label, paired by case ID")
     p.add_argument("--pred", required=True)
