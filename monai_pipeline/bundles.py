@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from monai_pipeline.data import DataError
+from monai_pipeline.io import FolderLockedError, held_locks, release_locks
 
 __all__ = ["BUNDLES", "bundle_dir", "bundle_configs", "run_bundle", "resolve", "parse_overrides", "device_override"]
 
@@ -94,7 +95,7 @@ def _data_errors() -> Iterator[None]:
     except RuntimeError as err:
         cause: BaseException | None = err
         while cause is not None:
-            if isinstance(cause, DataError):
+            if isinstance(cause, (DataError, FolderLockedError)):
                 raise cause from None
             cause = cause.__cause__ or cause.__context__
         raise
@@ -124,11 +125,15 @@ def run_bundle(name: str, workflow: str, overlays: Sequence[str | os.PathLike] =
     root = bundle_dir(name)
     overrides.setdefault("bundle_root", str(root))
     logger.info("running %s %s with %s", root.name, workflow, overrides)
-    with _data_errors():
-        return run(
-            config_file=bundle_configs(name, workflow, overlays),
-            meta_file=str(root / "configs" / "metadata.json"),
-            logging_file=str(root / "configs" / "logging.conf"),
-            tracking=tracking,
-            **overrides,
-        )
+    before = held_locks()
+    try:
+        with _data_errors():
+            return run(
+                config_file=bundle_configs(name, workflow, overlays),
+                meta_file=str(root / "configs" / "metadata.json"),
+                logging_file=str(root / "configs" / "logging.conf"),
+                tracking=tracking,
+                **overrides,
+            )
+    finally:
+        release_locks(keep=before)  # locks the run took (output folders) end with it

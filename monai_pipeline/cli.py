@@ -256,10 +256,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from monai_pipeline.data import DataError
+    from monai_pipeline.io import FolderLockedError
 
     try:
         return int(args.func(args) or 0)
-    except (DataError, FileNotFoundError) as err:
+    except (DataError, FileNotFoundError, FolderLockedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

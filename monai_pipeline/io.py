@@ -1,4 +1,4 @@
-"""Low-level file helpers shared by every stage: atomic writes.
+"""Low-level file helpers shared by every stage: atomic writes and folder locks.
 
 A file is first written next to its destination under a hidden temporary name that keeps the
 destination's extension (so format-by-extension writers still work), flushed to disk, then renamed over
@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
-__all__ = ["atomic_path", "atomic_write", "atomic_write_text", "write_nifti"]
+__all__ = ["atomic_path", "atomic_write", "atomic_write_text", "write_nifti", "lock_folder", "release_locks",
+           "held_locks", "FolderLockedError"]
 
 
 @contextlib.contextmanager
@@ -70,3 +72,56 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, dest: str | Path) -> Path
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     return atomic_write(dest, lambda tmp: nib.save(img, str(tmp)))
+
+
+class FolderLockedError(RuntimeError):
+    """Another process holds the lock of an output folder."""
+
+
+_HELD_LOCKS: dict[str, int] = {}
+
+
+def lock_folder(folder: str | Path, purpose: str = "run") -> Path:
+    """Take an exclusive lock on ``folder`` until :func:`release_locks` or the process ends.
+
+    A second process that asks for the same folder gets :class:`FolderLockedError` naming the holder, so
+    two runs never interleave their checkpoints or outputs. The lock is an ``flock`` on the hidden file
+    ``.<folder name>.monai-pipeline.lock`` beside the folder (nothing is written inside it): the operating system releases it when the holder exits in any way,
+    SIGKILL included, so a killed run never leaves a stale lock. Under ``torchrun`` only rank 0 locks
+    (the ranks of one run share the folder). Taking a lock this process already holds is a no-op.
+
+    Returns:
+        the lock file's path.
+    """
+    folder = Path(folder).resolve()
+    lock = folder.parent / f".{folder.name}.monai-pipeline.lock"
+    key = str(folder)
+    if key in _HELD_LOCKS or int(os.environ.get("RANK", "0")) != 0:
+        return lock
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if sys.platform == "win32":  # pragma: no cover - no flock; the run goes on unlocked
+        return lock
+    import fcntl
+
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise FolderLockedError(f"{folder}: in use by {holder}; wait for it to finish or choose another folder") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{purpose} pid {os.getpid()}".encode(), 0)
+    _HELD_LOCKS[key] = fd
+    return lock
+
+
+def held_locks() -> set[str]:
+    """Folders this process holds locks on."""
+    return set(_HELD_LOCKS)
+
+
+def release_locks(keep: set[str] | frozenset[str] = frozenset()) -> None:
+    """Release this process's folder locks, except those in ``keep`` (as :func:`held_locks` names them)."""
+    for key in [k for k in _HELD_LOCKS if k not in keep]:
+        os.close(_HELD_LOCKS.pop(key))

@@ -14,7 +14,8 @@ from typing import Any, Mapping
 
 import torch
 
-__all__ = ["train", "default_device", "latest_checkpoint", "resume_handlers", "attach_handlers", "init_distributed"]
+__all__ = ["train", "default_device", "latest_checkpoint", "resume_handlers", "attach_handlers", "init_distributed",
+           "CheckpointSaver"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,17 +30,63 @@ def default_device(device: str | None = None) -> torch.device:
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
-    """The most recently written ``checkpoint_epoch=N.pt`` in ``ckpt_dir``, or None.
+    """The most recently written complete ``checkpoint_epoch=N.pt`` in ``ckpt_dir``, or None.
 
     Newest by modification time, then by N: a fresh run into a folder that still holds a longer, older
-    run's checkpoint resumes from its own state, not the stale one. Checkpoints are written atomically
-    (ignite's ``DiskSaver(atomic=True)``), so any file with that name is complete.
+    run's checkpoint resumes from its own state, not the stale one. This project's
+    :class:`CheckpointSaver` writes atomically, so a checkpoint file is complete; a file that is not a whole
+    zip archive (left by another tool killed mid-write) is skipped with a warning.
     """
+    import zipfile
+
     folder = Path(ckpt_dir)
     if not folder.is_dir():
         return None
     found = [(p.stat().st_mtime_ns, int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT_RE.search(p.name))]
-    return max(found)[2] if found else None
+    for _, _, path in sorted(found, reverse=True):
+        if zipfile.is_zipfile(path):
+            return path
+        logger.warning("%s: incomplete checkpoint (not a whole zip archive), skipped", path)
+    return None
+
+
+def _monai_checkpoint_saver():
+    from monai.handlers import CheckpointSaver as _Saver
+
+    return _Saver
+
+
+class CheckpointSaver(_monai_checkpoint_saver()):
+    """MONAI's ``CheckpointSaver`` (same arguments), writing every file atomically.
+
+    MONAI builds ignite ``DiskSaver``s with ``atomic=False``, so a run killed while saving leaves a truncated
+    ``checkpoint_epoch=N.pt`` or ``model.pt`` that a resume would then load. Here each file is written to
+    a temporary file in the same folder and renamed over the old one (ignite's ``atomic=True`` path, which
+    also keeps group/others read permission): a kill leaves the old file or the new one, never a part.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for ckpt in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if ckpt is not None:
+                ckpt.save_handler._atomic = True
+
+
+def remove_partial_files(ckpt_dir: str | os.PathLike) -> list[Path]:
+    """Delete temporary files an interrupted atomic save left in ``ckpt_dir`` (ignite's ``tmp*`` names).
+
+    Called at the start of training, once this run holds the folder's lock, so no live writer owns them.
+    """
+    folder = Path(ckpt_dir)
+    removed = []
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.is_file() and re.fullmatch(r"tmp[a-z0-9_]{6,}", p.name):
+                p.unlink()
+                removed.append(p)
+    if removed:
+        logger.info("removed %d partial file(s) of an interrupted save in %s", len(removed), folder)
+    return removed
 
 
 def resume_handlers(resume: bool, ckpt_dir: str | os.PathLike, load_dict: Mapping[str, Any],
@@ -51,6 +98,7 @@ def resume_handlers(resume: bool, ckpt_dir: str | os.PathLike, load_dict: Mappin
     to the new ``epochs`` after loading, so a longer resumed run does not restart its cosine) or ``[]`` when
     not resuming or nothing was saved yet.
     """
+    remove_partial_files(ckpt_dir)
     if not resume:
         return []
     path = latest_checkpoint(ckpt_dir)

@@ -1,0 +1,137 @@
+"""Faults: training killed with SIGKILL resumes to the end, output folders are locked, checkpoints are
+loaded without running pickled code."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import CFG_TRAIN, TINY, VENV_BIN, bundle, run_cmd
+
+CFG_INFER = "['configs/common.json','configs/inference.json']"
+EPOCHS = 6
+
+
+def _train_cmd(dataset: Path, ckpt: Path, resume: bool, epochs: int = EPOCHS) -> list[str]:
+    return bundle("run", "--config_file", CFG_TRAIN, "--dataset_dir", str(dataset), "--epochs", str(epochs),
+                  "--val_interval", "1", "--val_fraction", "0.34", "--ckpt_dir", str(ckpt),
+                  "--output_dir", str(ckpt.parent / "eval"), "--resume", str(resume), *TINY)
+
+
+def _popen(cmd: list[str], cwd: Path) -> subprocess.Popen:
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", OMP_NUM_THREADS="1")
+    return subprocess.Popen(cmd, cwd=str(cwd), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _epochs_saved(ckpt: Path) -> int:
+    found = [int(m.group(1)) for p in ckpt.glob("checkpoint_epoch=*.pt") if (m := re.search(r"=(\d+)\.pt$", p.name))]
+    return max(found, default=0)
+
+
+def test_sigkill_at_random_points_resumes_to_the_end(tiny_msd, bundle_copy, tmp_path):
+    """Kill training with SIGKILL three times at random moments after a new checkpoint appears; each rerun
+    with ``--resume True`` goes on from the latest complete checkpoint; the last one finishes all epochs."""
+    rng = random.Random(1234)
+    ckpt = tmp_path / "run" / "models"
+    kills, last_seen = 0, 0
+    while kills < 3:
+        proc = _popen(_train_cmd(tiny_msd, ckpt, resume=kills > 0), bundle_copy)
+        deadline = time.time() + 300
+        while _epochs_saved(ckpt) <= last_seen and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        if proc.poll() is not None:
+            pytest.fail(f"training ended (code {proc.returncode}) before the kill:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(rng.uniform(0.0, 1.5))  # anywhere in the next epoch, checkpoint writes included
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        last_seen = _epochs_saved(ckpt)
+        assert last_seen < EPOCHS, "the run ended before the kill: make epochs longer"
+        # whatever the moment of the kill: every checkpoint file on disk is complete
+        for f in ckpt.glob("*.pt"):
+            torch.load(f, map_location="cpu", weights_only=True)
+        partial = [p for p in ckpt.iterdir() if p.name.startswith("tmp")]  # at most a temporary file, never a .pt
+    assert kills == 3
+    out = run_cmd(_train_cmd(tiny_msd, ckpt, resume=True), cwd=bundle_copy, timeout=600)
+    log = out.stdout + out.stderr
+    assert not [p for p in ckpt.iterdir() if p.name.startswith("tmp")]  # leftovers of a killed save are cleaned
+    assert f"Epoch: {EPOCHS}/{EPOCHS}" in log and "Epoch: 1/" not in log  # resumed, not restarted
+    final = torch.load(ckpt / f"checkpoint_epoch={EPOCHS}.pt", map_location="cpu", weights_only=True)
+    assert final["trainer"]["iteration"] == EPOCHS * final["trainer"]["epoch_length"]
+    assert (ckpt / "model.pt").is_file()
+
+
+def test_two_runs_on_one_folder_are_refused_and_a_killed_run_frees_it(tiny_msd, bundle_copy, tmp_path):
+    ckpt = tmp_path / "run" / "models"
+    first = _popen(_train_cmd(tiny_msd, ckpt, resume=False, epochs=500), bundle_copy)  # still running when asked
+    try:
+        deadline = time.time() + 300
+        while _epochs_saved(ckpt) < 1 and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, "first run ended too early"
+        second = run_cmd(_train_cmd(tiny_msd, ckpt, resume=True), cwd=bundle_copy, check=False)
+        assert second.returncode != 0
+        assert "in use by train pid" in second.stdout + second.stderr
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        # the kernel dropped the dead run's lock: a new run takes the folder and finishes
+        third = run_cmd(_train_cmd(tiny_msd, ckpt, resume=False), cwd=bundle_copy)
+        assert f"Epoch: {EPOCHS}/{EPOCHS}" in third.stdout + third.stderr
+    finally:
+        if first.poll() is None:
+            first.kill()
+
+
+def test_lock_is_per_folder_and_reentrant(tmp_path):
+    from monai_pipeline.io import FolderLockedError, held_locks, lock_folder, release_locks
+
+    before = held_locks()
+    lock_folder(tmp_path / "a")
+    lock_folder(tmp_path / "a")  # same process: no-op
+    lock_folder(tmp_path / "b")
+    assert not (tmp_path / "a").exists()  # nothing is written inside the locked folder
+    code = ("import sys; from monai_pipeline.io import lock_folder\n"
+            "try:\n    lock_folder(sys.argv[1])\nexcept Exception as e:\n    print(type(e).__name__, e); sys.exit(3)\n")
+    other = subprocess.run([str(VENV_BIN / "python"), "-c", code, str(tmp_path / "a")], capture_output=True, text=True)
+    assert other.returncode == 3 and "FolderLockedError" in other.stdout and f"pid {os.getpid()}" in other.stdout
+    release_locks(keep=before)
+    other = subprocess.run([str(VENV_BIN / "python"), "-c", code, str(tmp_path / "a")], capture_output=True, text=True)
+    assert other.returncode == 0
+    assert FolderLockedError.__mro__[1] is RuntimeError
+
+
+class _Payload:
+    """Unpickling this runs ``open(marker, 'w')``: a stand-in for an attacker's code."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("workflow", ["inference", "resume"])
+def test_pickle_payload_checkpoint_executes_nothing(trained, tiny_msd, tmp_path, workflow):
+    marker = tmp_path / "PWNED"
+    models = tmp_path / "models"
+    models.mkdir()
+    name = "model.pt" if workflow == "inference" else "checkpoint_epoch=9.pt"
+    torch.save({"model": _Payload(str(marker))}, models / name)
+    if workflow == "inference":
+        cmd = bundle("run", "--config_file", CFG_INFER, "--dataset_dir", str(tiny_msd), "--ckpt_dir", str(models),
+                     "--output_dir", str(tmp_path / "out"), *TINY)
+    else:
+        cmd = _train_cmd(tiny_msd, models, resume=True)
+    proc = run_cmd(cmd, cwd=trained, check=False)
+    assert proc.returncode != 0
+    assert "Weights only load failed" in proc.stdout + proc.stderr or "weights_only" in proc.stdout + proc.stderr
+    assert not marker.exists()
+    assert not list((tmp_path / "out").glob("*.nii.gz")) if (tmp_path / "out").exists() else True
