@@ -44,6 +44,9 @@ __all__ = [
     "image_info",
     "itk_affine",
     "validate_datalist",
+    "check_label_values",
+    "declared_labels",
+    "max_voxels",
     "is_slice_file",
     "is_slice_mask",
     "read_slice",
@@ -123,22 +126,53 @@ def _gzip_payload_size(path: Path) -> int:
     return total
 
 
+def max_voxels() -> int:
+    """Largest image accepted, in voxels (all channels): ``$MONAI_PIPELINE_MAX_VOXELS``, default 2**31.
+
+    A header that declares more is refused before anything is allocated (a 40-byte file claiming
+    30000^3 voxels must not exhaust memory).
+    """
+    try:
+        return int(os.environ.get("MONAI_PIPELINE_MAX_VOXELS", 2**31))
+    except ValueError:
+        raise DataError(f"MONAI_PIPELINE_MAX_VOXELS must be an integer, got {os.environ['MONAI_PIPELINE_MAX_VOXELS']!r}") from None
+
+
+def _check_size(path: Path, shape: tuple[int, ...]) -> None:
+    if any(s < 0 for s in shape):
+        raise DataError(f"{path}: negative image dimensions {shape} in the header")
+    n = int(np.prod([max(int(s), 1) for s in shape], dtype=object))
+    if n > max_voxels():
+        raise DataError(f"{path}: header declares {shape} = {n} voxels, more than the limit {max_voxels()} "
+                        "(set MONAI_PIPELINE_MAX_VOXELS to allow larger images)")
+
+
+def _check_finite(path: Path, arr: np.ndarray) -> None:
+    bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise DataError(f"{path}: {bad} voxels are NaN or infinite")
+
+
 def _nifti_info(path: Path) -> ImageInfo:
     import nibabel as nib
 
     compressed = path.name.lower().endswith(".gz")
-    payload = _gzip_payload_size(path) if compressed else path.stat().st_size
     try:
-        img = nib.load(str(path))
+        img = nib.load(str(path))  # the header only: sizes are checked before any voxel is read
     except Exception as err:  # nibabel raises several types for bad headers
-        detail = str(err).replace(str(path), "").strip(' "') or type(err).__name__
+        detail = re.sub(r"\s+", " ", str(err).replace(str(path), "")).strip(' "') or type(err).__name__
         raise DataError(f"{path}: not a readable NIfTI file ({detail})") from None
+    _check_size(path, tuple(int(s) for s in img.shape))
+    payload = _gzip_payload_size(path) if compressed else path.stat().st_size
     hdr = img.header
     shape = tuple(int(s) for s in img.shape)
+    _check_size(path, shape)
     offset = int(getattr(img.dataobj, "offset", hdr.get_data_offset()))
     expected = offset + int(np.prod(shape)) * np.dtype(hdr.get_data_dtype()).itemsize
     if payload < expected:
         raise DataError(f"{path}: file holds {payload} bytes of data, its header needs {expected} (truncated?)")
+    if np.dtype(hdr.get_data_dtype()).kind == "f" or hdr.get_slope_inter()[0] not in (None, 1.0):
+        _check_finite(path, np.asanyarray(img.dataobj))
     # nibabel silently replaces zero pixdims by 1 on load: read the raw header to see what is on disk
     opener = gzip.open if compressed else open
     with opener(path, "rb") as fh:
@@ -157,10 +191,13 @@ def _itk_info(path: Path) -> ImageInfo:
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
-        reader.Execute()  # reads the voxels: catches truncated or corrupt payloads
+        _check_size(path, tuple(int(s) for s in reader.GetSize()))
+        image = reader.Execute()  # reads the voxels: catches truncated or corrupt payloads
     except RuntimeError as err:
         msg = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown error"
         raise DataError(f"{path}: not a readable image ({msg})") from None
+    if "float" in image.GetPixelIDTypeAsString():
+        _check_finite(path, sitk.GetArrayViewFromImage(image))
     return ImageInfo(shape=tuple(int(s) for s in reader.GetSize()), spacing=tuple(reader.GetSpacing()),
                      affine=itk_affine(reader))
 
@@ -234,12 +271,45 @@ def check_pair(image: str | os.PathLike, label: str | os.PathLike, ndim: int = 3
         )
 
 
-def validate_datalist(datalist: Sequence[dict], ndim: int = 3) -> list[dict]:
+@lru_cache(maxsize=4096)
+def _label_values(path: str, mtime_ns: int, size: int) -> tuple[float, ...]:
+    import nibabel as nib
+
+    if path.lower().endswith((".nii", ".nii.gz")):
+        arr = np.asanyarray(nib.load(path).dataobj)
+    else:
+        import SimpleITK as sitk
+
+        arr = sitk.GetArrayViewFromImage(sitk.ReadImage(path))
+    return tuple(float(v) for v in np.unique(arr))
+
+
+def check_label_values(label: str | os.PathLike, labels: Iterable[int]) -> None:
+    """Check that a label map holds only the declared label values (whole numbers; float storage is fine)."""
+    p = Path(label)
+    st = p.stat()
+    values = _label_values(str(p.resolve()), st.st_mtime_ns, st.st_size)
+    fractional = [v for v in values if v != round(v)]
+    if fractional:
+        raise DataError(f"{p}: label map holds fractional values {fractional[:5]}; labels must be whole numbers")
+    allowed = {int(v) for v in labels}
+    extra = sorted({int(v) for v in values} - allowed)
+    if extra:
+        hint = " (a 0/255 mask? store it as 0/1)" if extra == [255] else ""
+        raise DataError(f"{p}: label values {extra} are not among the declared labels {sorted(allowed)}{hint}")
+
+
+def validate_datalist(datalist: Sequence[dict], ndim: int = 3, labels: Iterable[int] | None = None) -> list[dict]:
     """Validate every image (and label, when present) of a datalist; return it unchanged.
 
     ``image`` may be one path or a list of paths (one file per modality, all on the label's grid).
+    ``labels``: the declared label values; every label map's voxels must be among them.
     """
+    labels = None if labels is None else list(labels)
     for item in datalist:
+        if labels is not None and "label" in item:
+            image_info(item["label"], ndim)
+            check_label_values(item["label"], labels)
         images = [item["image"]] if isinstance(item["image"], (str, os.PathLike)) else list(item["image"])
         for k, image in enumerate(images):
             if "label" in item:
@@ -411,6 +481,15 @@ def _select(datalist: list[dict], provided_val: list[dict], split: str, split_mo
     raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
 
 
+def declared_labels(meta: dict, dataset_dir: str | os.PathLike) -> list[int]:
+    """The label values dataset.json declares (its ``labels`` keys)."""
+    try:
+        return sorted(int(k) for k in meta["labels"])
+    except (TypeError, ValueError):
+        raise DataError(f"{Path(dataset_dir) / 'dataset.json'}: 'labels' keys must be label values (\"0\", \"1\", ...), "
+                        f"found {list(meta['labels'])}") from None
+
+
 def msd_datalist(dataset_dir: str | os.PathLike, split: str = "train", split_mode: str = "random",
                  val_fraction: float = 0.2, seed: int = 0, num_folds: int = 5, fold: int = 0,
                  validate: bool = True, max_cases: int | None = None) -> list[dict]:
@@ -436,7 +515,7 @@ def msd_datalist(dataset_dir: str | os.PathLike, split: str = "train", split_mod
                         fold, str(Path(dataset_dir) / "dataset.json"))
     if max_cases is not None:
         items = items[: int(max_cases)]
-    return validate_datalist(items) if validate else list(items)
+    return validate_datalist(items, labels=declared_labels(meta, dataset_dir)) if validate else list(items)
 
 
 def msd_test_datalist(dataset_dir: str | os.PathLike) -> list[str]:
@@ -759,7 +838,7 @@ def brain_datalist(dataset_dir: str | os.PathLike, split: str = "train", split_m
             items = items[: int(max_cases)] if max_cases is not None else items
             return validate_datalist(items) if validate else items
         if validate:
-            validate_datalist(items + provided)
+            validate_datalist(items + provided, labels=declared_labels(meta, root))
     else:
         items = lgg_datalist(root, validate)
     if test_fraction > 0 and split != "all":
