@@ -15,7 +15,9 @@ extra config files (``configs/*.json`` overlays) with ``--config FILE``.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import logging
 import sys
 import time
@@ -263,6 +265,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DataError, FileNotFoundError, FolderLockedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{os.strerror(err.errno)}; nothing partial was left behind (files are written "
+              "to a temporary name and renamed only when complete)", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

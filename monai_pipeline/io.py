@@ -31,10 +31,15 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".tmp-{uuid.uuid4().hex[:8]}-{dest.name}"
     try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
+        try:
+            yield tmp
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, dest)
+        except OSError as err:
+            if err.filename is None and err.errno is not None:  # name the file the user asked for
+                raise OSError(err.errno, os.strerror(err.errno), str(dest)) from err
+            raise
         with contextlib.suppress(OSError):  # make the rename itself durable
             dfd = os.open(dest.parent, os.O_RDONLY)
             try:

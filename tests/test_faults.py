@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -135,3 +136,39 @@ def test_pickle_payload_checkpoint_executes_nothing(trained, tiny_msd, tmp_path,
     assert "Weights only load failed" in proc.stdout + proc.stderr or "weights_only" in proc.stdout + proc.stderr
     assert not marker.exists()
     assert not list((tmp_path / "out").glob("*.nii.gz")) if (tmp_path / "out").exists() else True
+
+
+def test_full_disk_leaves_the_old_file_and_no_partial_one(tmp_path, monkeypatch, capsys):
+    """A write that fails with ENOSPC (simulated at the flush, where a full disk shows) leaves the previous
+    file intact and no temporary file; the CLI reports it in one line (exit 3)."""
+    import errno
+
+    import monai_pipeline.io as mio
+    from monai_pipeline import cli
+    from monai_pipeline.io import atomic_write_text, write_nifti
+
+    target = tmp_path / "metrics.json"
+    atomic_write_text(target, "old")
+    real_fsync = os.fsync
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(mio.os, "fsync", full_disk)
+    with pytest.raises(OSError):
+        atomic_write_text(target, "new content")
+    with pytest.raises(OSError):
+        write_nifti(np.zeros((4, 4, 4), np.uint8), np.eye(4), tmp_path / "mask.nii.gz")
+    monkeypatch.setattr(mio.os, "fsync", real_fsync)
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+    pred, lab = tmp_path / "pred", tmp_path / "lab"
+    for folder, name in ((pred, "c1_seg.nii.gz"), (lab, "c1.nii.gz")):
+        write_nifti(np.zeros((4, 4, 4), np.uint8), np.eye(4), folder / name)
+    monkeypatch.setattr(mio.os, "fsync", full_disk)
+    code = cli.main(["evaluate", "--pred", str(pred), "--label", str(lab), "--out", str(tmp_path / "out")])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path / 'out' / 'metrics.json'}: No space left on device" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
