@@ -20,7 +20,6 @@ import json
 import os
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any, Sequence
 

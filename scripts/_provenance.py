@@ -28,3 +28,31 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def run_record(script: str, argv: list[str], ckpt_dir: Path, epochs_requested: int, train_s: float,
+               eval_s: float) -> dict:
+    """The provenance fields every benchmark result carries: epochs actually trained (from the latest
+    checkpoint), device, CPU, threads, times, the exact command, git revision and date."""
+    import shlex
+    import time
+
+    import torch
+
+    from monai_pipeline.training import default_device, latest_checkpoint
+
+    last = latest_checkpoint(ckpt_dir)
+    state = torch.load(last, map_location="cpu", weights_only=True)["trainer"] if last else {}
+    epochs_done = int(state.get("iteration", 0) // max(1, state.get("epoch_length", 1))) if state else epochs_requested
+    return {
+        "epochs": epochs_done,
+        "epochs_requested": epochs_requested,
+        "device": str(default_device()),
+        "cpu_model": cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+        "train_seconds_this_run": round(train_s, 1),
+        "eval_seconds": round(eval_s, 1),
+        "command": " ".join(["python", f"scripts/{script}"] + [shlex.quote(a) for a in argv]),
+        "git_rev": git_rev(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }

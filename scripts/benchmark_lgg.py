@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
 import sys
 import time
@@ -33,13 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from _provenance import cpu_model, git_rev  # noqa: E402
+from _provenance import run_record  # noqa: E402
 
 from monai_pipeline.bundles import parse_overrides, run_bundle  # noqa: E402
 from monai_pipeline.data import brain_datalist  # noqa: E402
 from monai_pipeline.evaluation import read_metric_details, score_slice_folders  # noqa: E402
 from monai_pipeline.io import atomic_write_text  # noqa: E402
-from monai_pipeline.training import default_device, latest_checkpoint  # noqa: E402
+from monai_pipeline.training import latest_checkpoint  # noqa: E402
 
 SPLIT = {"val_fraction": 0.1, "test_fraction": 0.2}
 
@@ -65,8 +64,6 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lgg_brain_dice.json"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra bundle override")
     args = ap.parse_args(argv)
-
-    import torch
 
     data, brats = Path(args.data), Path(args.brats)
     if not data.is_dir():
@@ -101,9 +98,6 @@ def main(argv=None) -> int:
                    **{k: v for k, v in overrides.items() if k not in ("max_cases",)})
         brats_rows = read_metric_details(work / "brats" / "val_mean_dice_raw.csv")
 
-    last = latest_checkpoint(work / "models")
-    state = torch.load(last, map_location="cpu", weights_only=True)["trainer"] if last else {}
-    epochs_done = int(state.get("iteration", 0) // max(1, state.get("epoch_length", 1))) if state else None
     dice = [r["dice"] for r in rows]
     tumour_slices = [s["dice"] for s in slices if s["label_pixels"] > 0]
     result = {
@@ -131,16 +125,7 @@ def main(argv=None) -> int:
                       "and T1c, 240x240x155 at 1 mm), axial slices, channels (FLAIR, FLAIR, T1c), whole tumour = "
                       "label > 0, Dice per volume in the source geometry",
         "bundle_overrides": extra,
-        "epochs": epochs_done if epochs_done is not None else args.epochs,
-        "epochs_requested": args.epochs,
-        "device": str(default_device()),
-        "cpu_model": cpu_model(),
-        "torch_threads": torch.get_num_threads(),
-        "train_seconds_this_run": round(train_s, 1),
-        "eval_seconds": round(eval_s, 1),
-        "command": " ".join(["python", "scripts/benchmark_lgg.py"] + [shlex.quote(a) for a in (argv or sys.argv[1:])]),
-        "git_rev": git_rev(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **run_record("benchmark_lgg.py", list(argv or sys.argv[1:]), work / "models", args.epochs, train_s, eval_s),
         "per_patient": [{"patient": Path(r["filename"]).parent.name, "dice": round(r["dice"], 4)} for r in rows],
     }
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
 import sys
 import time
@@ -30,10 +29,10 @@ from monai_pipeline.bundles import parse_overrides, run_bundle  # noqa: E402
 from monai_pipeline.data import lidc_split  # noqa: E402
 from monai_pipeline.evaluation import read_metric_details  # noqa: E402
 from monai_pipeline.io import atomic_write_text  # noqa: E402
-from monai_pipeline.training import default_device, latest_checkpoint  # noqa: E402
+from monai_pipeline.training import latest_checkpoint  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from _provenance import cpu_model, git_rev  # noqa: E402
+from _provenance import run_record  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -49,8 +48,6 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lidc_nodule_dice.json"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra bundle override")
     args = ap.parse_args(argv)
-
-    import torch
 
     data = Path(args.data)
     if not (data / "index.csv").is_file():
@@ -80,9 +77,6 @@ def main(argv=None) -> int:
              for s in ("train", "val", "test")}
     if len(split["test"]) != len(rows):
         raise RuntimeError(f"evaluated {len(rows)} nodules but the test split holds {len(split['test'])}")
-    last = latest_checkpoint(work / "models")
-    state = torch.load(last, map_location="cpu", weights_only=True)["trainer"] if last else {}
-    epochs_done = int(state.get("iteration", 0) // max(1, state.get("epoch_length", 1))) if state else None
     result = {
         "dataset": "LIDC-IDRI nodule crops (../shared/data/lidc_nodules), patient-level split",
         "n_train": len(split["train"]),
@@ -100,16 +94,7 @@ def main(argv=None) -> int:
         "std_dice": statistics.pstdev(dice),
         "fraction_dice_ge_0.85": sum(d >= 0.85 for d in dice) / len(dice),
         "metric": "Dice per nodule (foreground), in each crop's source geometry after Invertd",
-        "epochs": epochs_done if epochs_done is not None else args.epochs,
-        "epochs_requested": args.epochs,
-        "device": str(default_device()),
-        "cpu_model": cpu_model(),
-        "torch_threads": torch.get_num_threads(),
-        "train_seconds_this_run": round(train_s, 1),
-        "eval_seconds": round(eval_s, 1),
-        "command": " ".join(["python", "scripts/benchmark_lidc.py"] + [shlex.quote(a) for a in (argv or sys.argv[1:])]),
-        "git_rev": git_rev(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **run_record("benchmark_lidc.py", list(argv or sys.argv[1:]), work / "models", args.epochs, train_s, eval_s),
         "per_nodule": [{"case": n, "dice": round(d, 4)} for n, d in rows],
     }
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")

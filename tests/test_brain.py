@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from conftest import BRAIN_BUNDLE, BRAIN_TINY, VENV_BIN, bundle, run_cmd, shared
-from monai_pipeline.data import DataError, brain_datalist, image_datalist, lgg_datalist, read_slice, slice_folder
+from monai_pipeline.data import DataError, brain_datalist, image_datalist, lgg_datalist, read_slice
 from monai_pipeline.evaluation import patient_dice, score_slice_folders, slice_scores
 from test_export import assert_same_geometry
 

@@ -6,7 +6,6 @@ appended to the printed commands (tiny phantoms, 1 epoch, small patches); nothin
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
