@@ -97,7 +97,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from monai_pipeline.data import DataError, case_id
-    from monai_pipeline.evaluation import score_pairs
+    from monai_pipeline.evaluation import CASE_METRIC_KEYS, METRIC_RULES, score_pairs, summarise
     from monai_pipeline.io import atomic_write_text
 
     for folder in (args.pred, args.label):
@@ -114,13 +114,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise DataError(f"no partner for case(s) {', '.join(missing)} between {args.pred} and {args.label}")
     if not labels:
         raise DataError(f"{args.label}: no label files to evaluate")
-    rows = score_pairs([(preds[c], labels[c]) for c in sorted(labels)])
+    rows = score_pairs([(preds[c], labels[c]) for c in sorted(labels)], tolerance_mm=args.tolerance_mm)
+    fmt = lambda v: "   n/a" if v is None else f"{v:6.2f}"  # noqa: E731
     for r in rows:
-        print(f"{Path(r['label']).name:40s} dice {r['dice']:.4f}")
-    mean = sum(r["dice"] for r in rows) / len(rows)
-    print(f"mean dice {mean:.4f} over {len(rows)} cases")
+        print(f"{Path(r['label']).name:40s} dice {r['dice']:.4f}  iou {r['iou']:.4f}  hd95 {fmt(r['hd95_mm'])} mm  "
+              f"asd {fmt(r['asd_mm'])} mm  nsd@{args.tolerance_mm:g}mm {r['surface_dice']:.3f}")
+    summary = summarise(rows, CASE_METRIC_KEYS)
+    mean = summary["dice"]["mean"]
+    print(f"mean dice {mean:.4f} (95% CI {summary['dice']['ci95'][0]:.4f}-{summary['dice']['ci95'][1]:.4f}) "
+          f"over {len(rows)} cases")
     if args.out:
-        atomic_write_text(Path(args.out) / "metrics.json", json.dumps({"mean_dice": mean, "cases": rows}, indent=2))
+        out = Path(args.out)
+        cols = ["case_id", *CASE_METRIC_KEYS, "pred_voxels", "label_voxels", "prediction", "label"]
+        atomic_write_text(out / "metrics.csv", "\n".join([",".join(cols)] + [
+            ",".join("" if r[c] is None else str(r[c]) for c in cols) for r in rows]) + "\n")
+        atomic_write_text(out / "metrics.json", json.dumps(
+            {"mean_dice": mean, "summary": summary, "rules": METRIC_RULES, "tolerance_mm": args.tolerance_mm,
+             "cases": rows}, indent=2))
     return 0
 
 
@@ -245,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="Dice of masks in --pred against labels in --label, paired by case ID")
     p.add_argument("--pred", required=True)
     p.add_argument("--label", required=True)
-    p.add_argument("--out", help="folder for metrics.json")
+    p.add_argument("--out", help="folder for metrics.csv (per case) and metrics.json (summary with bootstrap 95%% CI)")
+    p.add_argument("--tolerance-mm", type=float, default=2.0, help="tolerance of surface Dice and boundary F1 (mm)")
     p.add_argument("--postfix", help="postfix of prediction names: default seg for volumes (lung_001_seg.nii.gz), "
                                      "mask for PNG slices (TCGA_CS_4942_19970222_12_mask.png)")
     p.set_defaults(func=cmd_evaluate)

@@ -160,6 +160,8 @@ def _nifti_info(path: Path) -> ImageInfo:
     try:
         img = nib.load(str(path))  # the header only: sizes are checked before any voxel is read
     except Exception as err:  # nibabel raises several types for bad headers
+        if compressed:
+            _gzip_payload_size(path)  # a broken gzip stream is the better explanation when there is one
         detail = re.sub(r"\s+", " ", str(err).replace(str(path), "")).strip(' "') or type(err).__name__
         raise DataError(f"{path}: not a readable NIfTI file ({detail})") from None
     _check_size(path, tuple(int(s) for s in img.shape))
