@@ -111,6 +111,8 @@ def main(argv=None) -> int:
         "n_train_slices": sum(len(d["image"]) for d in split["train"]),
         "split_fractions": SPLIT,
         "val_patients": [d["patient"] for d in split["test"]],
+        "selection_patients": [d["patient"] for d in split["val"]],
+        "train_patients": [d["patient"] for d in split["train"]],
         "mean_patient_dice": statistics.fmean(dice),
         "median_patient_dice": statistics.median(dice),
         "std_patient_dice": statistics.pstdev(dice),

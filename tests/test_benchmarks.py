@@ -40,3 +40,24 @@ def test_every_lidc_pair_validates():
     from monai_pipeline.data import lidc_datalist
 
     assert len(lidc_datalist(shared("lidc_nodules"), validate=True)) == 885
+
+
+LGG_KEYS = {"n_train_patients", "n_val_patients", "mean_patient_dice", "median_patient_dice", "brats_mean_dice",
+            "epochs", "device", "command", "git_rev"}
+
+
+def test_committed_lgg_result_has_provenance():
+    files = sorted((ROOT / "benchmarks" / "results").glob("*lgg*.json"))
+    assert files, "no LGG benchmark result committed under benchmarks/results/"
+    for f in files:
+        result = json.loads(f.read_text())
+        assert LGG_KEYS <= set(result), f"{f.name} lacks {LGG_KEYS - set(result)}"
+        per = [r["dice"] for r in result["per_patient"]]
+        assert len(per) == result["n_val_patients"] and result["n_train_patients"] > result["n_val_patients"]
+        assert abs(sum(per) / len(per) - result["mean_patient_dice"]) < 1e-3
+        # the per-patient figure from MONAI's MeanDice on stacked slices equals ours from the written PNG masks
+        for r in result["per_patient"]:
+            assert abs(result["patient_dice_from_png_masks"][r["patient"]] - r["dice"]) < 1e-3
+        assert not set(result["val_patients"]) & set(result.get("train_patients", []))
+        assert "scripts/benchmark_lgg.py" in result["command"] and len(result["git_rev"]) >= 40
+        assert 0.0 <= result["brats_mean_dice"] <= 1.0
