@@ -170,5 +170,5 @@ def test_full_disk_leaves_the_old_file_and_no_partial_one(tmp_path, monkeypatch,
     code = cli.main(["evaluate", "--pred", str(pred), "--label", str(lab), "--out", str(tmp_path / "out")])
     assert code == 3
     err = capsys.readouterr().err
-    assert f"error: {tmp_path / 'out' / 'metrics.json'}: No space left on device" in err
+    assert f"error: {tmp_path / 'out' / 'metrics.csv'}: No space left on device" in err  # the first file it wrote
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
