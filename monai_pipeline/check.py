@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from monai_pipeline.data import (IMAGE_SUFFIXES, DataError, _slice_parts, check_pair, image_info, is_slice_file,
-                                 read_dataset_json, read_slice)
+from monai_pipeline.data import (IMAGE_SUFFIXES, DataError, check_pair, image_info, is_slice_file, pair_slices,
+                                 read_dataset_json, read_slice, read_voxels)
 
 __all__ = ["Finding", "check_dataset", "format_table"]
 
@@ -141,15 +141,8 @@ class _Checker:
 
 
 def _voxels(path: Path) -> np.ndarray | None:
-    """Voxels as stored, with NIfTI scaling (scl_slope / scl_inter) applied as nibabel does."""
     try:
-        if str(path).lower().endswith((".nii", ".nii.gz")):
-            import nibabel as nib
-
-            return np.asanyarray(nib.load(str(path)).dataobj)
-        import SimpleITK as sitk
-
-        return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        return read_voxels(path)
     except Exception:  # noqa: BLE001 - any reader failure is reported as a finding
         return None
 
@@ -236,15 +229,9 @@ def _check_lidc(chk: _Checker, root: Path) -> None:
 
 def _check_slices(chk: _Checker, root: Path) -> None:
     for folder in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
-        pairs: dict[tuple[str, int], dict[str, Path]] = {}
-        for f in sorted(folder.iterdir()):
-            if f.name.startswith(".") or not f.is_file() or not is_slice_file(f):
-                continue
-            parts = _slice_parts(f)
-            if parts is None:
-                chk.add("error", f, "slice name must be <patient>_<n>.<ext> or <patient>_<n>_mask.<ext>")
-                continue
-            pairs.setdefault(parts[:2], {})["mask" if parts[2] else "image"] = f
+        pairs, problems = pair_slices(folder)
+        for f, fault in problems:
+            chk.add("error", f, fault)
         if not pairs:
             chk.add("warning", folder, "no slice images in this folder")
         for key in sorted(pairs):

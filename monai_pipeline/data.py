@@ -50,6 +50,8 @@ __all__ = [
     "is_slice_file",
     "is_slice_mask",
     "read_slice",
+    "read_voxels",
+    "pair_slices",
     "slice_folder",
     "lgg_datalist",
     "brain_datalist",
@@ -273,17 +275,24 @@ def check_pair(image: str | os.PathLike, label: str | os.PathLike, ndim: int = 3
         )
 
 
+def read_voxels(path: str | os.PathLike) -> np.ndarray:
+    """A volume's voxels as stored (NIfTI scaling applied as nibabel does; ITK formats in z, y, x order).
+
+    For value checks (label values, NaN, hashes), not for geometry; read the file with
+    :func:`image_info` first when it may be broken.
+    """
+    if str(path).lower().endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        return np.asanyarray(nib.load(str(path)).dataobj)
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
 @lru_cache(maxsize=4096)
 def _label_values(path: str, mtime_ns: int, size: int) -> tuple[float, ...]:
-    import nibabel as nib
-
-    if path.lower().endswith((".nii", ".nii.gz")):
-        arr = np.asanyarray(nib.load(path).dataobj)
-    else:
-        import SimpleITK as sitk
-
-        arr = sitk.GetArrayViewFromImage(sitk.ReadImage(path))
-    return tuple(float(v) for v in np.unique(arr))
+    return tuple(float(v) for v in np.unique(read_voxels(path)))
 
 
 def check_label_values(label: str | os.PathLike, labels: Iterable[int]) -> None:
@@ -732,45 +741,59 @@ def read_slice(path: str | os.PathLike, mask: bool = False) -> np.ndarray:
     return (arr > 0).astype(np.uint8)
 
 
-def slice_folder(folder: str | os.PathLike, validate: bool = True) -> list[dict]:
-    """The slices of one patient folder, ordered by slice number: ``[{"image", "label", "n"}]``.
+def pair_slices(folder: str | os.PathLike) -> tuple[dict[tuple[str, int], dict[str, Path]], list[tuple[Path, str]]]:
+    """Group the slice files of one folder: ``({(stem, n): {"image": path, "mask": path}}, problems)``.
 
-    Every image needs its mask and every mask its image; both are read in full (when ``validate``) and
-    must have the same height and width.
+    ``problems`` lists ``(file, fault)`` for badly named files and slices stored twice; a pair may lack its
+    image or its mask (the callers decide what that means). The one place slice names are parsed.
     """
-    folder = Path(folder)
-    images: dict[tuple[str, int], Path] = {}
-    masks: dict[tuple[str, int], Path] = {}
-    for f in sorted(folder.iterdir()):
+    pairs: dict[tuple[str, int], dict[str, Path]] = {}
+    problems: list[tuple[Path, str]] = []
+    for f in sorted(Path(folder).iterdir()):
         if f.name.startswith(".") or not f.is_file() or not is_slice_file(f):
             continue
         parts = _slice_parts(f)
         if parts is None:
-            raise DataError(f"{f}: slice name must be <patient>_<n>.<ext> or <patient>_<n>_mask.<ext>")
-        key = parts[:2]
-        target = masks if parts[2] else images
-        if key in target:
-            raise DataError(f"{f}: slice {key[1]} is also stored as {target[key].name}")
-        target[key] = f
-    for key in sorted(set(images) - set(masks)):
-        raise DataError(f"{images[key]}: image without its mask ({key[0]}_{key[1]}_mask.*)")
-    for key in sorted(set(masks) - set(images)):
-        raise DataError(f"{masks[key]}: mask without its image ({key[0]}_{key[1]}.*)")
-    if not images:
+            problems.append((f, "slice name must be <patient>_<n>.<ext> or <patient>_<n>_mask.<ext>"))
+            continue
+        kind = "mask" if parts[2] else "image"
+        slot = pairs.setdefault(parts[:2], {})
+        if kind in slot:
+            problems.append((f, f"slice {parts[1]} is also stored as {slot[kind].name}"))
+            continue
+        slot[kind] = f
+    return pairs, problems
+
+
+def slice_folder(folder: str | os.PathLike, validate: bool = True) -> list[dict]:
+    """The slices of one patient folder, ordered by slice number: ``[{"image", "label", "n"}]``.
+
+    Every image needs its mask and every mask its image; both are read in full (when ``validate``) and
+    must have the same height and width, and all slices of the patient one size.
+    """
+    folder = Path(folder)
+    pairs, problems = pair_slices(folder)
+    for f, fault in problems:
+        raise DataError(f"{f}: {fault}")
+    for key in sorted(pairs):
+        if "mask" not in pairs[key]:
+            raise DataError(f"{pairs[key]['image']}: image without its mask ({key[0]}_{key[1]}_mask.*)")
+        if "image" not in pairs[key]:
+            raise DataError(f"{pairs[key]['mask']}: mask without its image ({key[0]}_{key[1]}.*)")
+    if not pairs:
         raise DataError(f"{folder}: no slice images ({', '.join(SLICE_SUFFIXES)})")
-    out = []
-    for key in sorted(images, key=lambda k: (k[0], k[1])):
-        image, label = images[key], masks[key]
+    out, sizes = [], set()
+    for key in sorted(pairs):
+        image, label = pairs[key]["image"], pairs[key]["mask"]
         if validate:
             a, b = read_slice(image), read_slice(label, mask=True)
             if a.shape[:2] != b.shape:
                 raise DataError(f"{label}: mask size {b.shape[1]}x{b.shape[0]} differs from image {image.name} "
                                 f"size {a.shape[1]}x{a.shape[0]}")
+            sizes.add(b.shape)
         out.append({"image": str(image.resolve()), "label": str(label.resolve()), "n": key[1]})
-    if validate:
-        sizes = {read_slice(d["label"], mask=True).shape for d in out}
-        if len(sizes) > 1:
-            raise DataError(f"{folder}: slices of one patient differ in size {sorted(sizes)}")
+    if len(sizes) > 1:
+        raise DataError(f"{folder}: slices of one patient differ in size {sorted(sizes)}")
     return out
 
 
