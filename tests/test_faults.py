@@ -18,7 +18,7 @@ import torch
 from conftest import CFG_TRAIN, TINY, VENV_BIN, bundle, run_cmd
 
 CFG_INFER = "['configs/common.json','configs/inference.json']"
-EPOCHS = 6
+EPOCHS = 20  # long enough that a random kill always lands before the end
 
 
 def _train_cmd(dataset: Path, ckpt: Path, resume: bool, epochs: int = EPOCHS) -> list[str]:
