@@ -13,7 +13,9 @@ from typing import Iterable, Sequence
 import numpy as np
 
 __all__ = ["dice", "iou", "read_mask", "score_pairs", "read_metric_details", "slice_scores", "patient_dice",
-           "score_slice_folders", "case_metrics", "summarise", "METRIC_RULES", "CASE_METRIC_KEYS"]
+           "score_slice_folders", "case_metrics", "summarise", "METRIC_RULES", "CASE_METRIC_KEYS", "lesion_table",
+           "match_lesions", "detection_summary", "presence_summary", "lung_mask", "tumour_burden", "pair_folders",
+           "evaluate_case", "evaluate_cases", "evaluate_folders", "evaluate_predictions"]
 
 
 def dice(pred: np.ndarray, label: np.ndarray, empty: float = 1.0) -> float:
@@ -145,23 +147,21 @@ def summarise(rows: Sequence[dict], keys: Sequence[str], n_boot: int = 2000, see
     return out
 
 
-def score_pairs(pairs: Iterable[tuple[str | os.PathLike, str | os.PathLike]], atol_mm: float = 1e-3,
-                tolerance_mm: float = 2.0) -> list[dict]:
+def score_pairs(pairs: Iterable[tuple[str | os.PathLike, str | os.PathLike]], tolerance_mm: float = 2.0,
+                resample: bool = False) -> list[dict]:
     """All :func:`case_metrics` of each ``(prediction, label)`` file pair, in world units.
 
-    A pair on different voxel grids is an error naming both files.
+    A pair on different voxel grids is an error naming both files (unless ``resample``: the prediction is
+    then resampled onto the label's grid, nearest neighbour).
     """
-    from monai_pipeline.data import DataError
+    from monai_pipeline.data import case_id
 
     rows = []
     for pred_path, label_path in pairs:
-        p, pa = read_mask(pred_path)
         g, ga = read_mask(label_path)
-        if p.shape != g.shape or not np.allclose(pa, ga, atol=atol_mm):
-            raise DataError(f"{pred_path}: geometry (shape {p.shape} / affine) differs from its label {label_path} "
-                            f"(shape {g.shape})")
+        p = _on_label_grid(str(pred_path), str(label_path), g.shape, ga, resample, "prediction")
         spacing = np.linalg.norm(ga[:3, :3], axis=0)
-        rows.append({"prediction": str(pred_path), "label": str(label_path), "case_id": Path(label_path).name,
+        rows.append({"prediction": str(pred_path), "label": str(label_path), "case_id": case_id(label_path),
                      **case_metrics(p, g, spacing, tolerance_mm)})
     return rows
 
@@ -423,3 +423,488 @@ def detection_summary(cases: Sequence[dict], iou_threshold: float = 0.5) -> dict
         out["map_50"] = None if not n_label else 0.0
     out["iou_threshold"] = iou_threshold
     return out
+
+
+# ------------------------------------------------------------------------------ tumour present / absent
+def presence_summary(scores: Sequence[float], present: Sequence[bool], threshold: float = 0.0,
+                     threshold_source: str = "default") -> dict:
+    """Tumour present/absent figures of cases (or slices) from a per-case score of the model's output.
+
+    Args:
+        scores: one score per case, higher = more likely tumour (the maximum tumour probability, or the
+            predicted tumour volume in mL / pixel count when no probabilities were saved).
+        present: whether the reference label holds any tumour, per case.
+        threshold: a case is called "tumour present" when ``score > threshold``; choose it on validation
+            cases (their ``tuned_threshold``) and say where it came from in ``threshold_source``.
+
+    Returns:
+        ``threshold``, ``threshold_source``, ``roc_auc`` (MONAI's ``compute_roc_auc``; None when only one
+        class is present), ``f1``, ``sensitivity``, ``specificity``, ``confusion`` (``tp``, ``fp``, ``tn``,
+        ``fn``) at that threshold, ``roc`` (``fpr``/``tpr``/``thresholds``, from the highest score down) and
+        ``tuned_threshold``: the threshold that maximises F1 on *these* cases (midway between two scores), to
+        be reused on unseen cases when these are validation cases, never to report figures on these.
+    """
+    import torch
+    from monai.metrics import compute_roc_auc
+
+    s = np.asarray(scores, dtype=float)
+    y = np.asarray(present, dtype=bool)
+    if s.shape != y.shape or s.ndim != 1:
+        raise ValueError(f"scores ({s.shape}) and present ({y.shape}) must be two lists of one length")
+
+    def counts(t: float) -> dict:
+        pred = s > t
+        return {"tp": int((pred & y).sum()), "fp": int((pred & ~y).sum()), "tn": int((~pred & ~y).sum()),
+                "fn": int((~pred & y).sum())}
+
+    def f1(c: dict) -> float | None:
+        denom = 2 * c["tp"] + c["fp"] + c["fn"]
+        return 2 * c["tp"] / denom if denom else None
+
+    levels = np.unique(s)
+    cands = (np.concatenate([[levels[0] - 1.0], (levels[:-1] + levels[1:]) / 2, [levels[-1]]])
+             if s.size else np.asarray([threshold]))
+    tuned = float(max(cands, key=lambda t: (f1(counts(t)) or 0.0, -t)))
+    conf = counts(threshold)
+    both = 0 < y.sum() < y.size
+    roc_auc = float(compute_roc_auc(torch.as_tensor(s), torch.as_tensor(y.astype(float)))) if both else None
+    fpr, tpr, thr = [0.0], [0.0], [None]
+    for t in levels[::-1]:
+        pred = s >= t
+        tpr.append(float((pred & y).sum() / max(int(y.sum()), 1)))
+        fpr.append(float((pred & ~y).sum() / max(int((~y).sum()), 1)))
+        thr.append(float(t))
+    tp_fn, tn_fp = conf["tp"] + conf["fn"], conf["tn"] + conf["fp"]
+    return {"threshold": float(threshold), "threshold_source": threshold_source, "roc_auc": roc_auc,
+            "f1": f1(conf), "sensitivity": conf["tp"] / tp_fn if tp_fn else None,
+            "specificity": conf["tn"] / tn_fp if tn_fp else None, "confusion": conf,
+            "n": int(s.size), "n_present": int(y.sum()), "tuned_threshold": tuned,
+            "roc": {"fpr": fpr, "tpr": tpr, "thresholds": thr}}
+
+
+# ----------------------------------------------------------------------------- lungs and tumour burden
+LUNG_LABELS = {1: "right lung", 2: "left lung"}
+
+
+def axial_axis(affine: np.ndarray) -> int:
+    """The voxel axis (0, 1 or 2) that runs closest to the patient's superior-inferior direction."""
+    return int(np.argmax(np.abs(np.asarray(affine, dtype=float)[2, :3])))
+
+
+def _fill_slices(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Fill holes in each slice across ``axis`` (2D hole filling, so open ends in 3D do not matter)."""
+    from scipy import ndimage
+
+    m = np.moveaxis(mask, axis, 0)
+    return np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in m]), 0, axis)
+
+
+def lung_mask(ct: np.ndarray, affine: np.ndarray, air_hu: float = -400.0, body_hu: float = -500.0,
+              min_ml: float = 5.0, closing_mm: float = 10.0) -> np.ndarray:
+    """Lungs of a CT by a classical method: threshold, connected components, morphology.
+
+    1. Body: voxels above ``body_hu``, the largest component, holes filled slice by slice.
+    2. Air inside the body (below ``air_hu``), in 3D components (6-connected).
+    3. Lung components are told from bowel gas and airway-free air by their density: lung parenchyma has a
+       median around -900..-700 HU, gas below -950; components with median in (-950, -600) HU and at
+       least ``min_ml`` and 10 % of the largest such component are kept (two at most).
+    4. Each kept component is closed slice by slice with a disc of ``closing_mm`` and its holes filled, so
+       vessels, nodules and tumour against the pleura belong to it.
+    5. Right and left: two components are told apart by their world x (RAS: right lung has the larger x
+       in patient terms, i.e. it lies on the patient's right); a single component holding both lungs (joined
+       through the trachea) is split by eroding it until it falls apart into two large parts, whose voxels
+       then take the nearest part; failing that, by the body's midline.
+
+    Args:
+        ct: ``(I, J, K)`` CT in Hounsfield units.
+        affine: 4x4 voxel-to-world RAS matrix in mm (:func:`read_mask` gives it).
+
+    Returns:
+        uint8 array of ``ct``'s shape: 0 background, 1 right lung, 2 left lung (:data:`LUNG_LABELS`).
+        Checked against Slicer's and TotalSegmentator's lung labels in ``tests/test_evaluation.py``.
+    """
+    from scipy import ndimage
+
+    ct = np.asarray(ct, dtype=np.float32)
+    aff = np.asarray(affine, dtype=float)
+    ax = axial_axis(aff)
+    voxel_ml = float(np.prod(np.linalg.norm(aff[:3, :3], axis=0))) / 1000.0
+    out = np.zeros(ct.shape, np.uint8)
+    body = ct > body_hu
+    lab, n = ndimage.label(body)
+    if n == 0:
+        return out
+    body = _fill_slices(lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1), ax)
+    air = (ct < air_hu) & body
+    lab, n = ndimage.label(air)
+    if n == 0:
+        return out
+    idx = np.arange(1, n + 1)
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:] * voxel_ml
+    big = idx[sizes >= min_ml]
+    if big.size == 0:
+        return out
+    medians = np.asarray(ndimage.median(ct, lab, big))
+    cands = sorted(((sizes[i - 1], i) for i, m in zip(big, medians) if -950.0 < m < -600.0), reverse=True)
+    if not cands:
+        return out
+    keep = [i for s, i in cands if s >= 0.1 * cands[0][0]][:2]
+    parts = [_close_lung(lab == i, aff, ax, closing_mm) for i in keep]
+    if len(parts) == 1:
+        parts = _split_lungs(parts[0], body, aff)
+    world_x = [(aff[:3, :3] @ np.argwhere(p).mean(axis=0) + aff[:3, 3])[0] for p in parts]
+    order = np.argsort(world_x)[::-1]  # larger RAS x = patient's right
+    for label, k in zip((1, 2), order):
+        out[parts[k] & (out == 0)] = label
+    if len(parts) == 1:  # one lung only in view: name it by the side of the body it lies on
+        body_x = (aff[:3, :3] @ np.argwhere(body).mean(axis=0) + aff[:3, 3])[0]
+        out[out > 0] = 1 if world_x[0] > body_x else 2
+    return out
+
+
+def _close_lung(comp: np.ndarray, aff: np.ndarray, ax: int, radius_mm: float) -> np.ndarray:
+    """Close one lung slice by slice with a disc of ``radius_mm`` and fill its holes.
+
+    Vessels, nodules inside the lung and tumour touching the pleura (a dent in the air region smaller than
+    the disc) become lung; the disc is too small to bridge the cardiac notch or to reach the other lung.
+    """
+    from scipy import ndimage
+
+    in_plane = [a for a in range(3) if a != ax]
+    spacing = np.linalg.norm(aff[:3, :3], axis=0)
+    r = [max(1, int(round(radius_mm / spacing[a]))) for a in in_plane]
+    yy, xx = np.ogrid[-r[0]:r[0] + 1, -r[1]:r[1] + 1]
+    disc = (yy / r[0]) ** 2 + (xx / r[1]) ** 2 <= 1.0
+    m = np.moveaxis(comp, ax, 0)
+    pad = max(r)
+    out = []
+    for s in m:
+        if not s.any():
+            out.append(s)
+            continue
+        closed = ndimage.binary_closing(np.pad(s, pad), structure=disc)[pad:-pad, pad:-pad]
+        out.append(ndimage.binary_fill_holes(closed | s))
+    return np.moveaxis(np.stack(out), 0, ax)
+
+
+def _split_lungs(comp: np.ndarray, body: np.ndarray, aff: np.ndarray) -> list[np.ndarray]:
+    """Split one component holding both lungs into two (see :func:`lung_mask`, step 5)."""
+    from scipy import ndimage
+
+    total = int(comp.sum())
+    eroded = comp
+    for _ in range(12):
+        eroded = ndimage.binary_erosion(eroded)
+        lab, n = ndimage.label(eroded)
+        if n >= 2:
+            sizes = np.bincount(lab.ravel())[1:]
+            top = np.argsort(sizes)[::-1][:2]
+            if sizes[top[1]] >= 0.05 * total:
+                seeds = np.zeros(comp.shape, np.int8)
+                seeds[lab == top[0] + 1], seeds[lab == top[1] + 1] = 1, 2
+                nearest = ndimage.distance_transform_edt(seeds == 0, return_distances=False, return_indices=True)
+                owner = seeds[tuple(nearest)]
+                return [comp & (owner == 1), comp & (owner == 2)]
+        if not eroded.any():
+            break
+    # no clean split: cut at the body's midline (the sagittal plane through the body's centre)
+    centre = np.argwhere(body).mean(axis=0)
+    lr_axis = int(np.argmax(np.abs(aff[0, :3])))
+    coords = np.indices(comp.shape)[lr_axis]
+    left_of = coords < centre[lr_axis]
+    halves = [comp & left_of, comp & ~left_of]
+    return [h for h in halves if h.any()] or [comp]
+
+
+def tumour_burden(tumour: np.ndarray, lungs: np.ndarray, affine: np.ndarray) -> dict:
+    """Tumour volume, lesion count and the share of each lung that tumour occupies.
+
+    A tumour voxel belongs to the lung it lies in or, when it lies outside both lung masks (the lung mask
+    leaves out solid tissue touching the pleura), to the nearest lung. A lung's involvement is its tumour
+    volume over (lung volume + tumour outside the lung mask assigned to it), in %.
+
+    Args:
+        tumour: ``(I, J, K)`` binary tumour mask (> 0).
+        lungs: :func:`lung_mask` output on the same grid (1 right, 2 left).
+        affine: 4x4 RAS affine (mm).
+
+    Returns:
+        ``tumour_ml``, ``n_lesions``, ``lung_right_ml``, ``lung_left_ml``, ``tumour_right_ml``,
+        ``tumour_left_ml``, ``involved_right_pct``, ``involved_left_pct`` (None for a lung not in view).
+    """
+    from scipy import ndimage
+
+    t = np.asarray(tumour) > 0
+    lungs = np.asarray(lungs)
+    aff = np.asarray(affine, dtype=float)
+    spacing = np.linalg.norm(aff[:3, :3], axis=0)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    owner = lungs.copy()
+    if lungs.any() and (t & (lungs == 0)).any():
+        nearest = ndimage.distance_transform_edt(lungs == 0, sampling=spacing, return_distances=False,
+                                                 return_indices=True)
+        owner = lungs[tuple(nearest)]
+    out: dict = {"tumour_ml": float(t.sum()) * voxel_ml,
+                 "n_lesions": int(ndimage.label(t, structure=np.ones((3, 3, 3), bool))[1])}
+    for label, side in ((1, "right"), (2, "left")):
+        lung_ml = float((lungs == label).sum()) * voxel_ml
+        in_lung = float((t & (lungs == label)).sum()) * voxel_ml
+        outside = float((t & (lungs == 0) & (owner == label)).sum()) * voxel_ml
+        out[f"lung_{side}_ml"] = lung_ml
+        out[f"tumour_{side}_ml"] = in_lung + outside
+        out[f"involved_{side}_pct"] = 100.0 * (in_lung + outside) / (lung_ml + outside) if lung_ml else None
+    return out
+
+
+# ------------------------------------------------------------------------------ folders of volumes
+def _files_by_case(folder: str | os.PathLike, postfix: str = "") -> dict[str, Path]:
+    from monai_pipeline.data import case_id
+
+    out = {}
+    for p in sorted(Path(folder).iterdir()):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        cid = case_id(p)
+        out[cid.removesuffix(f"_{postfix}") if postfix else cid] = p
+    return out
+
+
+def pair_folders(pred_dir: str | os.PathLike, label_dir: str | os.PathLike, postfix: str = "seg",
+                 images_dir: str | os.PathLike | None = None, prob_dir: str | os.PathLike | None = None,
+                 prob_postfix: str = "prob") -> list[dict]:
+    """Pair ``<case>_<postfix>.*`` predictions with ``<case>.*`` labels (and images / probability maps).
+
+    Returns one ``{"case_id", "prediction", "label"[, "image"][, "prob"]}`` per case, sorted by case ID.
+    A case missing its partner in any given folder is an error naming the case(s) and the folders.
+    """
+    from monai_pipeline.data import DataError
+
+    for folder in (pred_dir, label_dir, images_dir, prob_dir):
+        if folder is not None and not Path(folder).is_dir():
+            raise DataError(f"{folder}: folder not found")
+    preds, labels = _files_by_case(pred_dir, postfix), _files_by_case(label_dir)
+    if not labels:
+        raise DataError(f"{label_dir}: no label files to evaluate")
+    missing = sorted(set(labels) ^ set(preds))
+    if missing:
+        raise DataError(f"no partner for case(s) {', '.join(missing)} between {pred_dir} and {label_dir}")
+    extra = {}
+    for key, folder, fix in (("image", images_dir, ""), ("prob", prob_dir, prob_postfix)):
+        if folder is not None:
+            found = _files_by_case(folder, fix)
+            lost = sorted(set(labels) - set(found))
+            if lost:
+                raise DataError(f"{folder}: no {key} for case(s) {', '.join(lost)}")
+            extra[key] = found
+    return [{"case_id": c, "prediction": str(preds[c]), "label": str(labels[c]),
+             **{k: str(v[c]) for k, v in extra.items()}} for c in sorted(labels)]
+
+
+def _on_label_grid(path: str, label_path: str, g_shape: tuple, g_aff: np.ndarray, resample: bool,
+                   what: str, atol_mm: float = 1e-3, linear: bool = False) -> np.ndarray:
+    """``path``'s voxels on the label's grid: as they are when the grids agree, resampled when asked."""
+    import SimpleITK as sitk
+
+    from monai_pipeline.data import DataError
+
+    arr, aff = read_mask(path)
+    if arr.shape == g_shape and np.allclose(aff, g_aff, atol=atol_mm):
+        return arr
+    if not resample:
+        raise DataError(f"{path}: {what} geometry (shape {arr.shape}, spacing "
+                        f"{np.round(np.linalg.norm(aff[:3, :3], axis=0), 4).tolist()}, origin "
+                        f"{np.round(aff[:3, 3], 3).tolist()}) differs from its label {label_path} (shape {g_shape}, "
+                        f"spacing {np.round(np.linalg.norm(g_aff[:3, :3], axis=0), 4).tolist()}, origin "
+                        f"{np.round(g_aff[:3, 3], 3).tolist()}); pass --resample to resample it onto the label's grid")
+    interp = sitk.sitkLinear if linear else sitk.sitkNearestNeighbor
+    out = sitk.Resample(sitk.ReadImage(str(path)), sitk.ReadImage(str(label_path)), sitk.Transform(), interp, 0.0)
+    return sitk.GetArrayFromImage(out).transpose()
+
+
+def _looks_like_ct(image: np.ndarray) -> bool:
+    """Hounsfield units: air around -1000 somewhere in the volume."""
+    return float(np.min(image)) <= -900.0
+
+
+def evaluate_case(case: dict, tolerance_mm: float = 2.0, resample: bool = False,
+                  lungs_dir: str | os.PathLike | None = None) -> dict:
+    """Everything measured on one case of :func:`pair_folders`.
+
+    Returns ``{"metrics": row, "lesions": match_lesions(...), "presence_score": float,
+    "burden": dict | None}``: ``row`` holds :func:`case_metrics` plus the file paths; the presence score is
+    the maximum tumour probability when a probability map is given, else the predicted tumour volume (mL);
+    ``burden`` (:func:`tumour_burden` of the prediction and of the label, with the lungs of
+    :func:`lung_mask`, written to ``lungs_dir/<case>_lungs.nii.gz``) is computed for CT images only.
+    """
+    from monai_pipeline.data import DataError
+
+    g, ga = read_mask(case["label"])
+    p = _on_label_grid(case["prediction"], case["label"], g.shape, ga, resample, "prediction")
+    row = {"case_id": case["case_id"], **case_metrics(p, g, np.linalg.norm(ga[:3, :3], axis=0), tolerance_mm),
+           **{k: case[k] for k in ("prediction", "label", "image", "prob") if k in case}}
+    prob = None
+    if "prob" in case:
+        prob = _on_label_grid(case["prob"], case["label"], g.shape, ga, resample, "probability map", linear=True)
+        prob = np.asarray(prob, dtype=np.float32)
+        lo, hi = float(np.nanmin(prob)), float(np.nanmax(prob))
+        if not (np.isfinite(prob).all() and lo >= 0.0 and hi <= 1.0):
+            raise DataError(f"{case['prob']}: probabilities must lie in [0, 1] (found {lo:g} to {hi:g}"
+                            f"{', and NaN/inf' if not np.isfinite(prob).all() else ''})")
+    lesions = match_lesions(p, g, ga, prob)
+    score = float(prob.max()) if prob is not None else row["volume_pred_ml"]
+    burden = None
+    if "image" in case:
+        img = _on_label_grid(case["image"], case["label"], g.shape, ga, resample, "image", linear=True)
+        if _looks_like_ct(img):
+            lungs = lung_mask(img, ga)
+            burden = {"case_id": case["case_id"],
+                      **{f"pred_{k}": v for k, v in tumour_burden(p, lungs, ga).items()},
+                      **{f"label_{k}": v for k, v in tumour_burden(g, lungs, ga).items()}}
+            if lungs_dir is not None:
+                from monai_pipeline.export import write_mask_like
+
+                dest = write_mask_like(lungs, case["label"], Path(lungs_dir) / f"{case['case_id']}_lungs.nii.gz")
+                burden["lungs"] = str(dest)
+    return {"metrics": row, "lesions": lesions, "presence_score": score, "burden": burden}
+
+
+LESION_COLUMNS = ("case_id", "source", "lesion_id", "voxels", "volume_ml", "centroid_ras_x", "centroid_ras_y",
+                  "centroid_ras_z", "bbox_vox", "longest_axial_diameter_mm", "confidence", "hit_or_detected",
+                  "best_box_iou")
+
+
+def _lesion_rows(case_id: str, lesions: dict) -> list[dict]:
+    rows = []
+    for source in ("pred", "label"):
+        for r in lesions[source]:
+            rows.append({"case_id": case_id, "source": source, "lesion_id": r["id"], "voxels": r["voxels"],
+                         "volume_ml": round(r["volume_ml"], 4),
+                         **dict(zip(("centroid_ras_x", "centroid_ras_y", "centroid_ras_z"), r["centroid_ras_mm"])),
+                         "bbox_vox": " ".join(map(str, r["bbox_vox"][0] + r["bbox_vox"][1])),
+                         "longest_axial_diameter_mm": r["longest_axial_diameter_mm"],
+                         "confidence": r.get("confidence_max") if source == "pred" else None,
+                         "hit_or_detected": r["hit"] if source == "pred" else r["detected"],
+                         "best_box_iou": round(r["best_box_iou"], 4) if source == "pred" else None})
+    return rows
+
+
+def csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """Rows as CSV text (empty cell for None); values containing commas are quoted."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in rows:
+        w.writerow(["" if r.get(c) is None else r[c] for c in columns])
+    return buf.getvalue()
+
+
+def evaluate_cases(cases: Sequence[dict], out_dir: str | os.PathLike | None = None, tolerance_mm: float = 2.0,
+                   resample: bool = False, presence_threshold: float | None = None,
+                   presence_threshold_source: str | None = None) -> dict:
+    """Evaluate cases of :func:`pair_folders` (predicted masks against labels); write the files to ``out_dir``.
+
+    Files (each written atomically): ``metrics.csv`` (per case), ``metrics.json`` (summary: mean, median,
+    std, bootstrap 95 % CI; rules; cases), ``lesions.csv`` + ``lesions.json`` (every predicted and label
+    lesion, matched), ``detection.json`` (:func:`detection_summary`), ``presence.json``
+    (:func:`presence_summary` per case; the threshold is ``presence_threshold`` or, by default, 0.5 of the
+    maximum probability / any predicted voxel, and its source is stated) and, with CT ``images_dir``,
+    ``burden.csv`` plus ``lungs/<case>_lungs.nii.gz``.
+
+    Returns ``{"cases", "summary", "detection", "presence", "burden"}``.
+    """
+    import json
+
+    from monai_pipeline.io import atomic_write_text
+
+    import shutil
+    import tempfile
+
+    with_prob = any("prob" in c for c in cases)
+    staging = None
+    if out_dir is not None and any("image" in c for c in cases):  # lung masks go to a hidden folder until all cases passed
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".lungs.", dir=out_dir))
+    try:
+        results = [evaluate_case(c, tolerance_mm, resample, staging) for c in cases]
+    except BaseException:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+            if not any(Path(out_dir).iterdir()):
+                Path(out_dir).rmdir()
+        raise
+    rows = [r["metrics"] for r in results]
+    summary = summarise(rows, CASE_METRIC_KEYS)
+    detection = detection_summary([r["lesions"] for r in results])
+    if presence_threshold is None:
+        presence_threshold = 0.5 if with_prob else 0.0
+        presence_threshold_source = ("default: tumour present when the maximum tumour probability exceeds 0.5"
+                                     if with_prob else
+                                     "default: tumour present when any tumour voxel is predicted (volume > 0 mL)")
+    presence = presence_summary([r["presence_score"] for r in results], [r["metrics"]["volume_label_ml"] > 0 for r in results],
+                                presence_threshold, presence_threshold_source or "given")
+    presence["score"] = "maximum tumour probability" if with_prob else "predicted tumour volume (mL)"
+    presence["cases"] = [{"case_id": r["metrics"]["case_id"], "score": r["presence_score"],
+                          "label_present": r["metrics"]["volume_label_ml"] > 0,
+                          "pred_present": r["presence_score"] > presence_threshold} for r in results]
+    burden = [r["burden"] for r in results if r["burden"] is not None]
+    out = {"cases": rows, "summary": summary, "detection": detection, "presence": presence, "burden": burden}
+    if out_dir is not None:
+        o = Path(out_dir)
+        cols = ["case_id", *CASE_METRIC_KEYS, "pred_voxels", "label_voxels", "prediction", "label"]
+        atomic_write_text(o / "metrics.csv", csv_text(rows, cols))
+        atomic_write_text(o / "metrics.json", json.dumps(
+            {"mean_dice": summary["dice"].get("mean"), "summary": summary, "rules": METRIC_RULES,
+             "tolerance_mm": tolerance_mm, "cases": rows}, indent=2))
+        lesion_rows = [x for r in results for x in _lesion_rows(r["metrics"]["case_id"], r["lesions"])]
+        atomic_write_text(o / "lesions.csv", csv_text(lesion_rows, LESION_COLUMNS))
+        atomic_write_text(o / "lesions.json", json.dumps(
+            {r["metrics"]["case_id"]: r["lesions"] for r in results}, indent=1, default=_json_default))
+        atomic_write_text(o / "detection.json", json.dumps(detection, indent=2))
+        atomic_write_text(o / "presence.json", json.dumps(presence, indent=2))
+        if staging is not None:
+            lungs = o / "lungs"
+            for b in burden:
+                b["lungs"] = str(lungs / Path(b["lungs"]).name)
+            if lungs.exists():
+                shutil.rmtree(lungs)
+            staging.rename(lungs)
+        if burden:
+            atomic_write_text(o / "burden.csv", csv_text(burden, list(burden[0])))
+    return out
+
+
+def evaluate_folders(pred_dir: str | os.PathLike, label_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                     postfix: str = "seg", images_dir: str | os.PathLike | None = None,
+                     prob_dir: str | os.PathLike | None = None, **kwargs) -> dict:
+    """:func:`evaluate_cases` of the cases :func:`pair_folders` finds in the folders (``kwargs`` go to it)."""
+    return evaluate_cases(pair_folders(pred_dir, label_dir, postfix, images_dir, prob_dir), out_dir, **kwargs)
+
+
+def evaluate_predictions(datalist: Sequence[dict], pred_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                         postfix: str = "seg", ext: str = ".nii.gz", enabled: bool = True, **kwargs) -> dict | None:
+    """The bundles' evaluate step after inference: the masks a ``SaveMaskd`` wrote to ``pred_dir`` for the
+    datalist's images, scored against the datalist's labels by :func:`evaluate_cases` (images included, so CT
+    cases get lungs and tumour burden). Writes the same files as ``monai-pipeline evaluate``.
+    """
+    from monai_pipeline.data import case_id
+    from monai_pipeline.export import mask_path
+
+    if not enabled:
+        return None
+    cases = []
+    for d in datalist:
+        image = d["image"][0] if isinstance(d["image"], (list, tuple)) else d["image"]
+        cases.append({"case_id": case_id(image), "prediction": str(mask_path(image, pred_dir, postfix, ext)),
+                      "label": str(d["label"]), "image": str(image)})
+    return evaluate_cases(sorted(cases, key=lambda c: c["case_id"]), out_dir, **kwargs)
+
+
+def _json_default(x):
+    if isinstance(x, (np.integer, np.bool_)):
+        return x.item()
+    if isinstance(x, np.floating):
+        return float(x)
+    raise TypeError(f"not JSON serialisable: {type(x)}")

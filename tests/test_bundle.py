@@ -62,6 +62,14 @@ def test_evaluate_writes_per_case_metrics(trained, tiny_msd):
         expected = 2 * (p & g).sum() / (p.sum() + g.sum()) if (p.sum() + g.sum()) else None
         if expected is not None and g.sum():
             assert abs(float(row.split(",")[-1]) - expected) < 1e-4
+    # and the same files as `monai-pipeline evaluate --images`, with the same Dice as MONAI's MeanDice
+    ours = json.loads((trained / "eval" / "metrics.json").read_text())["cases"]
+    monai_dice = {r.split(",")[0].split("/")[-1].replace(".nii.gz", ""): float(r.split(",")[-1]) for r in raw[1:]}
+    for row in ours:
+        if row["volume_label_ml"] > 0:
+            assert abs(row["dice"] - monai_dice[row["case_id"]]) < 1e-4
+    for name in ("metrics.csv", "lesions.csv", "detection.json", "presence.json", "burden.csv"):
+        assert (trained / "eval" / name).is_file(), name
 
 
 def test_inference_masks_in_source_geometry(trained, tiny_msd, tmp_path):
