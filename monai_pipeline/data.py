@@ -79,6 +79,31 @@ def case_id(path: str | os.PathLike) -> str:
     return Path(name).stem
 
 
+def files_by_case(folder: str | os.PathLike, postfix: str = "") -> dict[str, Path]:
+    """The volumes of a folder by case ID: ``<case>[_<postfix>].<ext>`` -> ``{case: path}``.
+
+    Hidden files, non-volumes and Slicer ``.seg.nrrd`` files are left out; the postfix is removed when
+    present (``lung_001_seg.nii.gz`` -> ``lung_001`` for ``postfix="seg"``).
+
+    Raises:
+        DataError: the folder does not exist, or two files give one case ID.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"{root}: folder not found")
+    out: dict[str, Path] = {}
+    for p in sorted(root.iterdir()):
+        name = p.name.lower()
+        if p.name.startswith(".") or not p.is_file() or not name.endswith(IMAGE_SUFFIXES) or name.endswith(".seg.nrrd"):
+            continue
+        c = case_id(p)
+        c = c[: -len(postfix) - 1] if postfix and c.endswith(f"_{postfix}") else c
+        if c in out:
+            raise DataError(f"{p}: a second file for case {c} (first: {out[c].name})")
+        out[c] = p
+    return out
+
+
 _PATIENT_PATTERNS = (
     re.compile(r"(LIDC-IDRI-\d{4})"),
     re.compile(r"(BraTS\d*_[A-Za-z0-9]+_\d+)", re.IGNORECASE),

@@ -526,18 +526,6 @@ def tumour_burden(tumour: np.ndarray, lungs: np.ndarray, affine: np.ndarray) -> 
 
 
 # ------------------------------------------------------------------------------ folders of volumes
-def _files_by_case(folder: str | os.PathLike, postfix: str = "") -> dict[str, Path]:
-    from monai_pipeline.data import case_id
-
-    out = {}
-    for p in sorted(Path(folder).iterdir()):
-        if p.name.startswith(".") or not p.is_file():
-            continue
-        cid = case_id(p)
-        out[cid.removesuffix(f"_{postfix}") if postfix else cid] = p
-    return out
-
-
 def pair_folders(pred_dir: str | os.PathLike, label_dir: str | os.PathLike, postfix: str = "seg",
                  images_dir: str | os.PathLike | None = None, prob_dir: str | os.PathLike | None = None,
                  prob_postfix: str = "prob") -> list[dict]:
@@ -546,12 +534,9 @@ def pair_folders(pred_dir: str | os.PathLike, label_dir: str | os.PathLike, post
     Returns one ``{"case_id", "prediction", "label"[, "image"][, "prob"]}`` per case, sorted by case ID.
     A case missing its partner in any given folder is an error naming the case(s) and the folders.
     """
-    from monai_pipeline.data import DataError
+    from monai_pipeline.data import DataError, files_by_case
 
-    for folder in (pred_dir, label_dir, images_dir, prob_dir):
-        if folder is not None and not Path(folder).is_dir():
-            raise DataError(f"{folder}: folder not found")
-    preds, labels = _files_by_case(pred_dir, postfix), _files_by_case(label_dir)
+    preds, labels = files_by_case(pred_dir, postfix), files_by_case(label_dir)
     if not labels:
         raise DataError(f"{label_dir}: no label files to evaluate")
     missing = sorted(set(labels) ^ set(preds))
@@ -560,7 +545,7 @@ def pair_folders(pred_dir: str | os.PathLike, label_dir: str | os.PathLike, post
     extra = {}
     for key, folder, fix in (("image", images_dir, ""), ("prob", prob_dir, prob_postfix)):
         if folder is not None:
-            found = _files_by_case(folder, fix)
+            found = files_by_case(folder, fix)
             lost = sorted(set(labels) - set(found))
             if lost:
                 raise DataError(f"{folder}: no {key} for case(s) {', '.join(lost)}")

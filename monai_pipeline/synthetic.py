@@ -44,10 +44,12 @@ class PhantomSpec:
     Attributes:
         shape: voxels along (i, j, k); k is the slice axis.
         spacing: voxel size in mm along (i, j, k).
+        jitter: each case's spacing is ``spacing`` times a random factor in [1 - jitter, 1 + jitter].
     """
 
     shape: tuple[int, int, int] = (160, 160, 64)
     spacing: tuple[float, float, float] = (2.0, 2.0, 2.5)
+    jitter: float = 0.1
 
 
 def _rotation(rng: np.random.Generator, kind: str) -> np.ndarray:
@@ -96,7 +98,7 @@ def make_phantom(seed: int, spec: PhantomSpec | None = None, n_tumours: int | No
 
     Args:
         seed: random seed; the same seed gives the same phantom.
-        spec: shape and spacing; spacing is jittered by up to +-10 % per case.
+        spec: shape and spacing; spacing is jittered by up to ``spec.jitter`` (10 %) per case.
         n_tumours: number of tumours (0-4); random when None.
         direction: ``"identity"``, ``"flipped"``, ``"rotated"`` or ``"auto"`` (chosen from the seed).
 
@@ -106,7 +108,7 @@ def make_phantom(seed: int, spec: PhantomSpec | None = None, n_tumours: int | No
     """
     spec = spec or PhantomSpec()
     rng = np.random.default_rng(seed)
-    spacing = np.asarray(spec.spacing, dtype=float) * rng.uniform(0.9, 1.1, size=3)
+    spacing = np.asarray(spec.spacing, dtype=float) * rng.uniform(1 - spec.jitter, 1 + spec.jitter, size=3)
     shape = tuple(int(s) for s in spec.shape)
     if direction == "auto":
         direction = ("identity", "rotated", "flipped")[seed % 3]

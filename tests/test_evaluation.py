@@ -306,7 +306,7 @@ def test_evaluate_refuses_bad_geometry_and_probabilities_unless_resampled(tmp_pa
              str(tmp_path / "o")], cwd=tmp_path)
     assert (tmp_path / "o" / "metrics.csv").is_file()
     prob = nib_load(d["prob"] / "lung_0_prob.nii.gz")
-    write_nifti(prob[0] * 3.0, prob[1], d["prob"] / "lung_0_prob.nii.gz")
+    write_nifti(prob[0] + 0.97, prob[1], d["prob"] / "lung_0_prob.nii.gz")  # 1.02 where the model said 0.05
     proc = run_cmd([cli, "evaluate", "--pred", str(d["pred"]), "--label", str(d["lab"]), "--resample", "--prob",
                     str(d["prob"]), "--out", str(tmp_path / "o3")], cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "lung_0_prob.nii.gz" in proc.stderr and "[0, 1]" in proc.stderr
