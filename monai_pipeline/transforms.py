@@ -46,10 +46,13 @@ class LungRegion:
     The lungs come from :func:`monai_pipeline.anatomy.lung_mask` on a coarse copy of the image (about
     ``coarse_mm`` voxels, a fraction of a second even for a 512 x 512 x 300 CT); the box is widened by
     ``margin_mm`` on every side. When no lungs are found (a crop inside the lung, a CT without lungs)
-    it falls back to :class:`BodyRegion`, so nothing is ever cropped away for lack of lungs.
+    it falls back to :class:`BodyRegion`, so nothing is ever cropped away for lack of lungs. With
+    ``lungs=False``, or a ``threshold_hu`` below air (e.g. -2000: keep the whole volume, as for crops taken
+    inside the lung), it is :class:`BodyRegion`.
 
     Args:
         threshold_hu: the fallback body threshold (HU).
+        lungs: crop to the lungs (True) or to the body (False).
         margin_mm: margin around the lungs' box, in mm.
         coarse_mm: voxel size of the copy the lungs are found on, in mm.
 
@@ -57,12 +60,16 @@ class LungRegion:
     boolean mask of that shape, ``True`` inside the box.
     """
 
-    def __init__(self, threshold_hu: float = -500.0, margin_mm: float = 15.0, coarse_mm: float = 3.0) -> None:
+    def __init__(self, threshold_hu: float = -500.0, margin_mm: float = 15.0, coarse_mm: float = 3.0,
+                 lungs: bool = True) -> None:
         self.threshold_hu, self.margin_mm, self.coarse_mm = float(threshold_hu), float(margin_mm), float(coarse_mm)
+        self.lungs = bool(lungs) and self.threshold_hu > -1024.0
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         from monai_pipeline.anatomy import lung_mask
 
+        if not self.lungs:
+            return img > self.threshold_hu
         aff = np.asarray(img.affine if isinstance(img, MetaTensor) else np.eye(4), dtype=float)
         spacing = np.linalg.norm(aff[:3, :3], axis=0)
         step = np.maximum(1, np.round(self.coarse_mm / spacing)).astype(int)
@@ -80,7 +87,8 @@ class LungRegion:
         return out
 
     def __repr__(self) -> str:
-        return f"LungRegion(threshold_hu={self.threshold_hu}, margin_mm={self.margin_mm}, coarse_mm={self.coarse_mm})"
+        return (f"LungRegion(threshold_hu={self.threshold_hu}, margin_mm={self.margin_mm}, coarse_mm={self.coarse_mm}, "
+                f"lungs={self.lungs})")
 
 
 class ResampleToSourced(MapTransform):

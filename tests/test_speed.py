@@ -109,3 +109,13 @@ def test_lung_region_falls_back_to_the_body_without_lungs():
     x[:, 5:25, 5:25, :] = 40.0  # soft tissue only, no air inside
     mask = LungRegion()(MetaTensor(x, affine=torch.diag(torch.tensor([3.0, 3.0, 3.0, 1.0]))))
     assert torch.equal(mask, x > -500)
+
+
+def test_lung_region_is_the_body_region_when_asked_or_below_air():
+    from monai.data import MetaTensor
+
+    from monai_pipeline.transforms import LungRegion
+
+    x = MetaTensor(torch.full((1, 8, 8, 8), -900.0), affine=torch.diag(torch.tensor([3.0, 3.0, 3.0, 1.0])))
+    assert LungRegion(threshold_hu=-2000)(x).all()  # keep the whole volume (LIDC crops)
+    assert not LungRegion(lungs=False)(x).any()
