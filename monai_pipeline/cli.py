@@ -7,6 +7,8 @@
     monai-pipeline evaluate --pred DIR --label DIR   Dice of written masks against labels (volumes or 2D slices)
     monai-pipeline evaluate-bundle --dataset-dir DIR  a bundle's evaluate workflow on its validation split
     monai-pipeline check DATASET                 every problem of a dataset, as a table (integrity check)
+    monai-pipeline report RUN_DIR                HTML report of an evaluated run: tables, plots, overlays, 3D render
+    monai-pipeline export-slicer --image IMG --mask MASK --out DIR   Slicer folder: seg.nrrd, meshes, loader script
 
 Every bundle option is reachable with ``--set key=value`` (values parsed as JSON when they parse), and
 extra config files (``configs/*.json`` overlays) with ``--config FILE``.
@@ -86,59 +88,90 @@ def cmd_evaluate_bundle(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from monai_pipeline.inference import predict
+    """Segment; resume by default (complete masks are kept). Exit 1 when any input failed (the others are
+    written; the failed ones are listed in ``<output-dir>/failed.json``)."""
+    from monai_pipeline.inference import run_inference
 
+    if args.distributed and "WORLD_SIZE" not in os.environ:
+        raise SystemExit("error: infer --distributed runs under torchrun: torchrun --nproc_per_node=N -m "
+                         "monai_pipeline.cli infer --distributed ...")
     images = args.images[0] if len(args.images) == 1 else args.images
     overrides = {k: v for k, v in _overrides(args).items() if k not in ("ckpt_dir", "output_dir", "output_ext")}
-    masks = predict(images, args.ckpt_dir, args.output_dir, args.bundle, args.ext, args.config, **overrides)
-    print(f"{len(masks)} mask(s) written to {args.output_dir}")
-    return 0
+    overrides.setdefault("failures_file", str(Path(args.output_dir) / "failed.json"))
+    if args.overwrite:
+        overrides["overwrite"] = True
+    summary = run_inference(images, args.ckpt_dir, args.output_dir, args.bundle, args.ext, args.config,
+                            distributed=args.distributed, **overrides)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{summary['written']} mask(s) written to {args.output_dir}, {summary['done']} skipped as already "
+              f"done, {summary['failed']} failed")
+        for f in summary["failures"]:
+            print(f"failed: {f['error']}", file=sys.stderr)
+    return 1 if summary["failed"] else 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from monai_pipeline.data import DataError, case_id
-    from monai_pipeline.evaluation import CASE_METRIC_KEYS, METRIC_RULES, score_pairs, summarise
-    from monai_pipeline.io import atomic_write_text
+    import math
+
+    from monai_pipeline.data import DataError
+    from monai_pipeline.evaluation import evaluate_folders
 
     for folder in (args.pred, args.label):
         if not Path(folder).is_dir():
             raise DataError(f"{folder}: folder not found")
     if any(Path(args.pred).rglob("*.png")):
         return _evaluate_slices(args)
-    args.postfix = args.postfix or "seg"
-    preds = {case_id(p).removesuffix(f"_{args.postfix}"): p for p in sorted(Path(args.pred).iterdir())
-             if not p.name.startswith(".") and p.is_file()}
-    labels = {case_id(p): p for p in sorted(Path(args.label).iterdir()) if not p.name.startswith(".") and p.is_file()}
-    missing = sorted(set(labels) ^ set(preds))
-    if missing:
-        raise DataError(f"no partner for case(s) {', '.join(missing)} between {args.pred} and {args.label}")
-    if not labels:
-        raise DataError(f"{args.label}: no label files to evaluate")
-    rows = score_pairs([(preds[c], labels[c]) for c in sorted(labels)], tolerance_mm=args.tolerance_mm)
-    fmt = lambda v: "   n/a" if v is None else f"{v:6.2f}"  # noqa: E731
-    for r in rows:
-        print(f"{Path(r['label']).name:40s} dice {r['dice']:.4f}  iou {r['iou']:.4f}  hd95 {fmt(r['hd95_mm'])} mm  "
+    threshold, source = _presence_threshold(args)
+    res = evaluate_folders(args.pred, args.label, args.out, args.postfix or "seg", args.images, args.prob,
+                           tolerance_mm=args.tolerance_mm, resample=args.resample, presence_threshold=threshold,
+                           presence_threshold_source=source)
+    fmt = lambda v: "   n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:6.2f}"  # noqa: E731
+    for r in res["cases"]:
+        print(f"{r['case_id']:32s} dice {r['dice']:.4f}  iou {r['iou']:.4f}  hd95 {fmt(r['hd95_mm'])} mm  "
               f"asd {fmt(r['asd_mm'])} mm  nsd@{args.tolerance_mm:g}mm {r['surface_dice']:.3f}")
-    summary = summarise(rows, CASE_METRIC_KEYS)
-    mean = summary["dice"]["mean"]
-    print(f"mean dice {mean:.4f} (95% CI {summary['dice']['ci95'][0]:.4f}-{summary['dice']['ci95'][1]:.4f}) "
-          f"over {len(rows)} cases")
+    dice = res["summary"]["dice"]
+    print(f"mean dice {dice['mean']:.4f} (95% CI {dice['ci95'][0]:.4f}-{dice['ci95'][1]:.4f}) "
+          f"over {len(res['cases'])} cases")
+    det, pres = res["detection"], res["presence"]
+    rate = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    print(f"lesions: {det['n_label_lesions']} in labels, {det['n_pred_lesions']} predicted; sensitivity "
+          f"{rate(det['sensitivity'])}, precision {rate(det['precision'])}, FROC mean {rate(det['froc_mean'])}, "
+          f"mAP@0.5 {rate(det['map_50'])}")
+    c = pres["confusion"]
+    print(f"tumour present/absent ({pres['score']} > {pres['threshold']:g}; {pres['threshold_source']}): "
+          f"TP {c['tp']} FP {c['fp']} TN {c['tn']} FN {c['fn']}, F1 {rate(pres['f1'])}, ROC-AUC {rate(pres['roc_auc'])}")
+    for b in res["burden"]:
+        print(f"{b['case_id']:32s} tumour {b['pred_tumour_ml']:.2f} mL in {b['pred_n_lesions']} lesion(s); right lung "
+              f"{rate(b['pred_involved_right_pct'])} %, left lung {rate(b['pred_involved_left_pct'])} % involved")
     if args.out:
-        out = Path(args.out)
-        cols = ["case_id", *CASE_METRIC_KEYS, "pred_voxels", "label_voxels", "prediction", "label"]
-        atomic_write_text(out / "metrics.csv", "\n".join([",".join(cols)] + [
-            ",".join("" if r[c] is None else str(r[c]) for c in cols) for r in rows]) + "\n")
-        atomic_write_text(out / "metrics.json", json.dumps(
-            {"mean_dice": mean, "summary": summary, "rules": METRIC_RULES, "tolerance_mm": args.tolerance_mm,
-             "cases": rows}, indent=2))
+        print(f"results: {args.out} (metrics.csv, metrics.json, lesions.csv, detection.json, presence.json"
+              f"{', burden.csv, lungs/' if res['burden'] else ''})")
     return 0
+
+
+def _presence_threshold(args: argparse.Namespace) -> tuple[float | None, str | None]:
+    """The tumour present/absent threshold: given, or taken from a validation run's presence.json."""
+    from monai_pipeline.data import DataError
+
+    if args.presence_threshold is not None:
+        return args.presence_threshold, "given on the command line (--presence-threshold)"
+    if args.presence_threshold_from:
+        path = Path(args.presence_threshold_from)
+        try:
+            value = float(json.loads(path.read_text())["tuned_threshold"])
+        except FileNotFoundError:
+            raise DataError(f"{path}: file not found") from None
+        except (ValueError, KeyError, TypeError) as err:
+            raise DataError(f"{path}: not a presence.json with a tuned_threshold ({err})") from None
+        return value, f"tuned on the cases of {path} (maximum F1) and applied here unchanged"
+    return None, None
 
 
 def _evaluate_slices(args: argparse.Namespace) -> int:
     """2D slice masks (PNG) against a slice dataset: per-slice Dice/IoU and per-patient volumetric Dice."""
     import statistics
 
-    from monai_pipeline.evaluation import score_slice_folders
+    from monai_pipeline.evaluation import presence_summary, score_slice_folders
     from monai_pipeline.io import atomic_write_text
 
     slices, patients = score_slice_folders(args.pred, args.label, args.postfix or "mask")
@@ -158,8 +191,18 @@ def _evaluate_slices(args: argparse.Namespace) -> int:
     }
     print(f"mean patient dice {summary['mean_patient_dice']:.4f} (median {summary['median_patient_dice']:.4f}) "
           f"over {len(patients)} patients, {len(slices)} slices")
+    threshold, source = _presence_threshold(args)
+    presence = presence_summary([r["pred_pixels"] for r in slices], [r["label_pixels"] > 0 for r in slices],
+                                threshold or 0.0, source or "default: tumour present on a slice when any tumour "
+                                "pixel is predicted")
+    presence["score"] = "predicted tumour pixels per slice"
+    c = presence["confusion"]
+    print(f"tumour present/absent per slice (predicted pixels > {presence['threshold']:g}): TP {c['tp']} FP {c['fp']} "
+          f"TN {c['tn']} FN {c['fn']}, F1 {presence['f1'] if presence['f1'] is None else round(presence['f1'], 3)}, "
+          f"ROC-AUC {presence['roc_auc'] if presence['roc_auc'] is None else round(presence['roc_auc'], 3)}")
     if args.out:
         out = Path(args.out)
+        atomic_write_text(out / "presence.json", json.dumps(presence, indent=2))
         atomic_write_text(out / "metrics.json", json.dumps({**summary, "patients": patients, "slices": slices},
                                                            indent=2))
         cols = ["patient", "slice_id", "dice", "iou", "pred_pixels", "label_pixels", "both_empty"]
@@ -179,6 +222,32 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.json:
         atomic_write_text(args.json, json.dumps(findings_json(findings), indent=2) + "\n")
     return 1 if errors else 0
+
+
+def cmd_export_slicer(args: argparse.Namespace) -> int:
+    from monai_pipeline.data import DataError
+    from monai_pipeline.export import export_slicer, export_slicer_folders, parse_segment_names
+
+    names = parse_segment_names(args.names)
+    if Path(args.image).is_dir() or Path(args.mask).is_dir():
+        if not (Path(args.image).is_dir() and Path(args.mask).is_dir()):
+            raise DataError(f"--image {args.image} and --mask {args.mask}: give two files or two folders")
+        if args.case_id:
+            raise DataError("--case-id names one case; with folders each case keeps its own ID")
+        folders = export_slicer_folders(args.image, args.mask, args.out, names, postfix=args.postfix)
+    else:
+        folders = [export_slicer(args.image, args.mask, args.out, names, case_id=args.case_id)]
+    for folder in folders:
+        print(f"slicer folder: {folder}  (in Slicer's Python console: exec(open({str(folder / 'load_in_slicer.py')!r}).read()))")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from monai_pipeline.report import build_report
+
+    index = build_report(args.run_dir, args.out, args.train_dir)
+    print(f"report: {index}  (open it in a browser; the folder {index.parent} is self-contained)")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -244,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True)
     p.add_argument("--ext", default=".nii.gz", choices=[".nii.gz", ".nii", ".nrrd", ".mha"],
                    help="format of volume masks (2D slices always give PNG)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="segment every image again (default: resume, keeping masks that exist and are complete)")
+    p.add_argument("--distributed", action="store_true",
+                   help="use multi_gpu_inference.json, each process its share (launch with torchrun -m monai_pipeline.cli)")
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("check", help="check a dataset and list every problem found (exit 1 when any is an error)")
@@ -259,7 +332,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance-mm", type=float, default=2.0, help="tolerance of surface Dice and boundary F1 (mm)")
     p.add_argument("--postfix", help="postfix of prediction names: default seg for volumes (lung_001_seg.nii.gz), "
                                      "mask for PNG slices (TCGA_CS_4942_19970222_12_mask.png)")
+    p.add_argument("--images", help="folder of the source images (<case>.nii.gz): for CT, lungs and tumour burden "
+                                    "(burden.csv, lungs/); the report's overlays use them")
+    p.add_argument("--prob", help="folder of tumour probability maps (<case>_prob.nii.gz, values in [0, 1]): lesion "
+                                  "confidence and the tumour present/absent score")
+    p.add_argument("--resample", action="store_true",
+                   help="resample predictions (nearest) and probabilities/images (linear) onto each label's grid "
+                        "instead of refusing a geometry mismatch")
+    p.add_argument("--presence-threshold", type=float,
+                   help="tumour present when the case score exceeds this (default 0.5 with --prob, else any voxel)")
+    p.add_argument("--presence-threshold-from", metavar="PRESENCE_JSON",
+                   help="use the tuned_threshold of a validation run's presence.json")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export-slicer", help="3D Slicer folder per case: mask NIfTI, .seg.nrrd, colour table, "
+                                             "STL/VTK meshes (LPS), load_in_slicer.py")
+    p.add_argument("--image", required=True, help="source image, or a folder of images (<case>.nii.gz ...)")
+    p.add_argument("--mask", required=True, help="label map on the image's grid, or a folder of masks "
+                                                 "(<case>_seg.nii.gz, as infer writes them)")
+    p.add_argument("--out", required=True, help="parent folder: each case goes to OUT/<case>/")
+    p.add_argument("--names", nargs="+", metavar="LABEL=NAME",
+                   help="segment names by label value, e.g. --names 1=tumor 2=lung (default: 1=tumor)")
+    p.add_argument("--case-id", help="case folder and file name stem (default: the image file name without extension)")
+    p.add_argument("--postfix", default="seg", help="postfix of mask names in a mask folder (default: seg)")
+    p.set_defaults(func=cmd_export_slicer)
+
+    p = sub.add_parser("report", help="HTML report of an evaluated run (metrics, lesions, plots, overlays, 3D render)")
+    p.add_argument("run_dir", help="folder written by evaluate --out (TensorBoard logs under it are read too)")
+    p.add_argument("--out", help="report folder (default: RUN_DIR/report); an older report there is replaced")
+    p.add_argument("--train-dir", help="another folder searched for TensorBoard training logs (events.out.tfevents.*)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 
