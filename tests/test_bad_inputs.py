@@ -243,7 +243,7 @@ def _pair(tmp_path: Path, shift: float = 0.0, drop_label: bool = False) -> tuple
 
 
 EVAL = [
-    ("geometry differs", lambda t: _pair(t, shift=3.0), "c1_seg.nii.gz: geometry"),
+    ("geometry differs", lambda t: _pair(t, shift=3.0), "c1_seg.nii.gz: prediction geometry"),
     ("missing partner", lambda t: _pair(t, drop_label=True), "no partner for case(s) c2"),
     ("prediction folder missing", lambda t: (t / "nothing", _pair(t)[1]), "nothing: folder not found"),
     ("slice without label", lambda t: ((t / "p").mkdir(), Image.fromarray(np.zeros((4, 4), np.uint8)).save(t / "p" / "X_1_mask.png"),
