@@ -171,7 +171,7 @@ def _evaluate_slices(args: argparse.Namespace) -> int:
     """2D slice masks (PNG) against a slice dataset: per-slice Dice/IoU and per-patient volumetric Dice."""
     import statistics
 
-    from monai_pipeline.evaluation import presence_summary, score_slice_folders
+    from monai_pipeline.evaluation import csv_text, presence_summary, score_slice_folders
     from monai_pipeline.io import atomic_write_text
 
     slices, patients = score_slice_folders(args.pred, args.label, args.postfix or "mask")
@@ -206,8 +206,7 @@ def _evaluate_slices(args: argparse.Namespace) -> int:
         atomic_write_text(out / "metrics.json", json.dumps({**summary, "patients": patients, "slices": slices},
                                                            indent=2))
         cols = ["patient", "slice_id", "dice", "iou", "pred_pixels", "label_pixels", "both_empty"]
-        atomic_write_text(out / "slice_metrics.csv", "\n".join([",".join(cols)] + [
-            ",".join(str(r[c]) for c in cols) for r in slices]) + "\n")
+        atomic_write_text(out / "slice_metrics.csv", csv_text(slices, cols))
     return 0
 
 

@@ -671,7 +671,7 @@ def evaluate_cases(cases: Sequence[dict], out_dir: str | os.PathLike | None = No
     """
     import json
 
-    from monai_pipeline.io import atomic_write_text
+    from monai_pipeline.io import atomic_write_text, replace_folder
 
     import shutil
     import tempfile
@@ -722,9 +722,7 @@ def evaluate_cases(cases: Sequence[dict], out_dir: str | os.PathLike | None = No
             lungs = o / "lungs"
             for b in burden:
                 b["lungs"] = str(lungs / Path(b["lungs"]).name)
-            if lungs.exists():
-                shutil.rmtree(lungs)
-            staging.rename(lungs)
+            replace_folder(staging, lungs)
         if burden:
             atomic_write_text(o / "burden.csv", csv_text(burden, list(burden[0])))
     return out

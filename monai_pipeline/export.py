@@ -761,30 +761,6 @@ def _remove_leftovers(final: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _swap_in(tmp: Path, final: Path) -> None:
-    """Move the complete folder ``tmp`` to ``final``, replacing an old ``final`` only now."""
-    old = None
-    if final.exists():
-        old = final.parent / f".old-{uuid.uuid4().hex[:8]}-{final.name}"
-        os.replace(final, old)
-    try:
-        os.replace(tmp, final)
-    except BaseException:
-        if old is not None:
-            os.replace(old, final)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    try:  # make the renames durable
-        fd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
 def _write_case(tmp: Path, final: Path, case: str, image: Path, mask: Path, labels: np.ndarray,
                 segments: Sequence[SlicerSegment], ijk_to_lps: np.ndarray, smoothing: float) -> None:
     """Write every file of one case into the (temporary) folder ``tmp``; paths in the script name ``final``."""
@@ -836,7 +812,7 @@ def export_slicer(image: str | os.PathLike, mask: str | os.PathLike, out_dir: st
             output location. Nothing is written then.
     """
     from monai_pipeline.data import case_id as default_case_id
-    from monai_pipeline.io import held_locks, lock_folder, release_locks
+    from monai_pipeline.io import held_locks, lock_folder, release_locks, replace_folder
 
     image, mask, out = Path(image), Path(mask), Path(out_dir)
     labels_map = _names(names)
@@ -854,7 +830,7 @@ def export_slicer(image: str | os.PathLike, mask: str | os.PathLike, out_dir: st
         _remove_leftovers(final)
         tmp.mkdir()
         _write_case(tmp, final, case, image_abs, mask.resolve(), labels, segments, _ijk_to_lps(image), smoothing)
-        _swap_in(tmp, final)
+        replace_folder(tmp, final)
         done = True
     finally:
         if tmp.exists():

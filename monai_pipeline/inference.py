@@ -446,14 +446,9 @@ def init_distributed(timeout_hours: float = 24.0) -> torch.device:
     Ranks of an inference run finish at different times and wait for each other at the end (summary,
     barrier), so collectives get a long timeout instead of the default 10-30 minutes.
     """
-    import torch.distributed as dist
-
     from monai_pipeline.training import init_distributed as join
 
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo",
-                                timeout=datetime.timedelta(hours=timeout_hours))
-    return join()
+    return join(timeout_hours=timeout_hours)
 
 
 # --------------------------------------------------------------------------------------- entry points

@@ -16,8 +16,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-__all__ = ["atomic_path", "atomic_write", "atomic_write_text", "write_nifti", "lock_folder", "release_locks",
-           "held_locks", "FolderLockedError"]
+__all__ = ["atomic_path", "atomic_write", "atomic_write_text", "write_nifti", "replace_folder", "lock_folder",
+           "release_locks", "held_locks", "FolderLockedError"]
 
 
 @contextlib.contextmanager
@@ -77,6 +77,38 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, dest: str | Path) -> Path
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     return atomic_write(dest, lambda tmp: nib.save(img, str(tmp)))
+
+
+def replace_folder(tmp: str | Path, final: str | Path) -> Path:
+    """Move the complete folder ``tmp`` to ``final`` (same parent), replacing an old ``final`` only now.
+
+    The old folder is renamed aside first and removed after the swap (restored if the swap fails), so a
+    crash leaves the old folder, the new one, or a hidden ``.old-*`` copy beside it, never a mix.
+    """
+    import shutil
+
+    tmp, final = Path(tmp), Path(final)
+    old = None
+    if final.exists():
+        old = final.parent / f".old-{uuid.uuid4().hex[:8]}-{final.name}"
+        os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        if old is not None:
+            os.replace(old, final)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    try:  # make the renames durable
+        fd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return final
 
 
 class FolderLockedError(RuntimeError):

@@ -512,21 +512,6 @@ class _Builder:
 """
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished folder ``tmp`` to ``out``, replacing an older report there."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = out.parent / f".old-{uuid.uuid4().hex[:8]}-{out.name}"
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                  train_dir: str | os.PathLike | None = None, max_lesion_rows: int = 50) -> Path:
     """Write the HTML report of an evaluated run.
@@ -546,7 +531,7 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
         DataError: ``run_dir`` is not a folder or holds nothing to report; ``out_dir`` is not a report folder.
     """
     from monai_pipeline.data import DataError
-    from monai_pipeline.io import atomic_write_text, held_locks, lock_folder, release_locks
+    from monai_pipeline.io import atomic_write_text, held_locks, lock_folder, release_locks, replace_folder
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -590,7 +575,7 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
             subtitle += " &middot; 2D slice run"
         atomic_write_text(tmp / "index.html", b.html(title, subtitle))
         (tmp / MARKER).write_text("report folder written by monai-pipeline; replaced whole on the next report\n")
-        _publish(tmp, out)
+        replace_folder(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -141,17 +141,21 @@ def attach_handlers(engine, handlers: list) -> list:
     return handlers
 
 
-def init_distributed(backend: str | None = None) -> torch.device:
+def init_distributed(backend: str | None = None, timeout_hours: float | None = None) -> torch.device:
     """Initialise ``torch.distributed`` from torchrun's environment and return this rank's device.
 
-    NCCL and ``cuda:<local_rank>`` when GPUs exist, gloo and the CPU otherwise (or as ``backend`` says).
+    NCCL and ``cuda:<local_rank>`` when GPUs exist, gloo and the CPU otherwise (or as ``backend`` says);
+    ``timeout_hours`` sets the collectives' timeout (torch's default when None).
     """
+    import datetime
+
     import torch.distributed as dist
 
     use_cuda = torch.cuda.is_available()
     backend = backend or ("nccl" if use_cuda else "gloo")
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        timeout = {"timeout": datetime.timedelta(hours=timeout_hours)} if timeout_hours else {}
+        dist.init_process_group(backend=backend, **timeout)
     if use_cuda:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local_rank)

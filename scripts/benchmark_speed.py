@@ -174,8 +174,25 @@ def zoo_train(datalist: list[dict], epochs: int, device) -> tuple[Any, dict]:
                  "samples_per_second": round(samples / seconds, 4)}
 
 
-def zoo_infer(net, image: Path, out_dir: Path, device, timer: StageTimer) -> Path:
+def run_stages(image: Path, pre, network, post_steps, save, timer: StageTimer) -> None:
+    """One volume through load, preprocess, network, post-process and save, each stage timed."""
     import torch
+
+    with timer("load"):
+        d = pre.transforms[0]({"image": str(image)})
+    with timer("preprocess"):
+        for t in pre.transforms[1:]:
+            d = t(d)
+    with timer("network"), torch.inference_mode():
+        d["pred"] = network(d["image"][None])[0].cpu()
+    with timer("postprocess"):
+        for t in post_steps:
+            d = t(d)
+    with timer("save"):
+        save(d)
+
+
+def zoo_infer(net, image: Path, out_dir: Path, device, timer: StageTimer) -> Path:
     from monai import transforms as T
     from monai.inferers import sliding_window_inference
 
@@ -187,17 +204,8 @@ def zoo_infer(net, image: Path, out_dir: Path, device, timer: StageTimer) -> Pat
     ])
     save = T.SaveImaged(keys="pred", output_dir=str(out_dir), output_postfix="seg", separate_folder=False,
                         resample=False, print_log=False)
-    with timer("load"):
-        d = pre.transforms[0]({"image": str(image)})
-    with timer("preprocess"):
-        for t in pre.transforms[1:]:
-            d = t(d)
-    with timer("network"), torch.inference_mode():
-        d["pred"] = sliding_window_inference(d["image"][None].to(device), (96, 96, 96), 4, net, overlap=0.5)[0].cpu()
-    with timer("postprocess"):
-        d = post(d)
-    with timer("save"):
-        save(d)
+    run_stages(image, pre, lambda x: sliding_window_inference(x.to(device), (96, 96, 96), 4, net, overlap=0.5),
+               post.transforms, save, timer)
     return out_dir / image.name.replace(".nii.gz", "_seg.nii.gz")
 
 
@@ -218,8 +226,7 @@ def ours_train(dataset_dir: Path, ckpt_dir: Path, epochs: int) -> dict:
     parser = bundle_parser("train", dataset_dir=str(dataset_dir), ckpt_dir=str(ckpt_dir), output_dir=str(ckpt_dir / "eval"),
                            epochs=epochs, val_interval=epochs + 1, val_fraction=0.0)
     t0 = time.perf_counter()
-    for expr in parser.get_parsed_content("initialize", lazy=False) or []:
-        pass
+    parser.get_parsed_content("initialize")  # the bundle's own start-up steps (seed, folder lock)
     trainer = parser.get_parsed_content("train#trainer")
     cache_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -231,34 +238,21 @@ def ours_train(dataset_dir: Path, ckpt_dir: Path, epochs: int) -> dict:
 
 
 def ours_pipeline(weights: Path, out_dir: Path, **overrides):
-    """The bundle's inference objects: network (weights loaded), preprocessing, inferer, postprocessing."""
-    import torch
-
+    """The bundle's inference objects: network (weights loaded), preprocessing, inferer, postprocessing, device."""
     parser = bundle_parser("inference", output_dir=str(out_dir), ckpt_dir=str(weights.parent), **overrides)
     net = parser.get_parsed_content("network")
     net.load_state_dict(_model_state(weights))
     net.eval()
     return (net, parser.get_parsed_content("preprocessing"), parser.get_parsed_content("inferer"),
-            parser.get_parsed_content("postprocessing"), parser.get_parsed_content("device"), torch)
+            parser.get_parsed_content("postprocessing"), parser.get_parsed_content("device"))
 
 
 def ours_infer(pipe, image: Path, out_dir: Path, timer: StageTimer) -> Path:
     from monai_pipeline.export import mask_path
 
-    net, pre, inferer, post, device, torch = pipe
-    with timer("load"):
-        d = pre.transforms[0]({"image": str(image)})
-    with timer("preprocess"):
-        for t in pre.transforms[1:]:
-            d = t(d)
-    with timer("network"), torch.inference_mode():
-        d["pred"] = inferer(d["image"][None].to(device), net)[0].cpu()
+    net, pre, inferer, post, device = pipe
     *post_steps, save = post.transforms
-    with timer("postprocess"):
-        for t in post_steps:
-            d = t(d)
-    with timer("save"):
-        save(d)
+    run_stages(image, pre, lambda x: inferer(x.to(device), net), post_steps, save, timer)
     return mask_path(image, out_dir, "seg", ".nii.gz")
 
 
