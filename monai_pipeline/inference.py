@@ -25,11 +25,12 @@ import re
 import struct
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import numpy as np
 import torch
 from monai.data import Dataset
+from monai.inferers import Inferer
 
 from monai_pipeline.bundles import bundle_dir, resolve, run_bundle
 from monai_pipeline.data import IMAGE_SUFFIXES, SLICE_SUFFIXES, DataError, _gather_paths, case_id, image_datalist, \
@@ -38,7 +39,8 @@ from monai_pipeline.export import mask_path
 from monai_pipeline.io import atomic_write_text
 
 __all__ = ["predict", "run_inference", "pending", "Pending", "existing_mask_problem", "InferenceDataset",
-           "InferenceProgress", "init_distributed", "FAILED_KEY"]
+           "InferenceProgress", "init_distributed", "FAILED_KEY", "PrecisionInferer",
+           "resolve_precision", "cpu_bf16_supported"]
 
 logger = logging.getLogger(__name__)
 
@@ -438,6 +440,93 @@ class InferenceProgress:
                     self.failures_file.unlink()  # from an earlier run: nothing failed this time
         InferenceProgress.last_summary = summary
         return summary
+
+
+# ------------------------------------------------------------------------------ speed: precision, layout
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where bf16 autocast pays off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in (" avx512_bf16", " amx_bf16"))
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``"auto"`` -> ``"bf16"`` on a CPU with native bfloat16 (and ``"fp16"`` on CUDA), else ``"fp32"``."""
+    device = torch.device(device)
+    if precision != "auto":
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
+        return precision
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if device.type == "cpu" and cpu_bf16_supported() else "fp32"
+
+
+class PrecisionInferer(Inferer):
+    """Run another inferer with the network in reduced precision and/or channels-last memory layout.
+
+    MONAI's engines only autocast on CUDA (``amp``); this wrapper autocasts on the CPU too (bfloat16, which
+    CPUs with AVX512-BF16/AMX compute natively) and converts each window to ``channels_last_3d`` (the layout
+    oneDNN's 3D convolutions are fastest in). Outputs come back as float32 in the default layout, so
+    post-processing and losses are unchanged. Measured on 2 CPU cores (UNet 16-256, 4 x 96 x 96 x 64
+    windows): fp32 1.6 s, bf16 + channels-last 0.8 s per call; ``benchmarks/results/speed_lung_cpu.json``
+    has the end-to-end figures and Dice. As the training inferer it autocasts the forward pass (the
+    backward pass follows), with float32 weights and optimiser state.
+
+    Args:
+        inferer: the inferer to wrap (``SlidingWindowInferer``, ``SimpleInferer``...).
+        precision: ``"auto"`` (see :func:`resolve_precision`), ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        channels_last: convert network and inputs to channels-last (5D inputs only).
+        device: where the network runs (for ``"auto"``).
+    """
+
+    def __init__(self, inferer: Inferer, precision: str = "auto", channels_last: bool = True,
+                 device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        self.inferer = inferer
+        self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.channels_last = bool(channels_last)
+        self._converted: set[int] = set()
+
+    def _network(self, network: Callable) -> Callable:
+        if not (self.channels_last and isinstance(network, torch.nn.Module)):
+            return network
+        if id(network) not in self._converted:
+            network.to(memory_format=torch.channels_last_3d)
+            self._converted.add(id(network))
+
+        def run(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            if x.ndim == 5:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            return network(x, *args, **kwargs)
+
+        return run
+
+    def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> Any:
+        net = self._network(network)
+        if self.precision == "fp32":
+            out = self.inferer(inputs, net, *args, **kwargs)
+        else:
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            with torch.autocast(device_type=inputs.device.type, dtype=dtype):
+                out = self.inferer(inputs, net, *args, **kwargs)
+        return _to_float(out)
+
+    def __repr__(self) -> str:
+        return f"PrecisionInferer({self.inferer!r}, precision={self.precision!r}, channels_last={self.channels_last})"
+
+
+def _to_float(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return out.float().contiguous() if out.is_floating_point() else out
+    if isinstance(out, (list, tuple)):
+        return type(out)(_to_float(o) for o in out)
+    if isinstance(out, dict):
+        return {k: _to_float(v) for k, v in out.items()}
+    return out
 
 
 def init_distributed(timeout_hours: float = 24.0) -> torch.device:
