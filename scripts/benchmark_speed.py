@@ -225,9 +225,13 @@ def ours_train(dataset_dir: Path, ckpt_dir: Path, epochs: int) -> dict:
     """The bundle's own trainer (its CacheDataset, patches, optimiser), no validation during the timed epochs."""
     parser = bundle_parser("train", dataset_dir=str(dataset_dir), ckpt_dir=str(ckpt_dir), output_dir=str(ckpt_dir / "eval"),
                            epochs=epochs, val_interval=epochs + 1, val_fraction=0.0)
+    from monai_pipeline.training import attach_handlers
+
     t0 = time.perf_counter()
     parser.get_parsed_content("initialize")  # the bundle's own start-up steps (seed, folder lock)
-    trainer = parser.get_parsed_content("train#trainer")
+    trainer = parser.get_parsed_content("train#trainer")  # builds (and fills) the CacheDataset
+    parser.get_parsed_content("validate#early_stop").set_trainer(trainer)  # the rest of the bundle's "run"
+    attach_handlers(trainer, parser.get_parsed_content("train#state_handlers"))
     cache_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     trainer.run()
@@ -353,6 +357,22 @@ def main(argv: list[str] | None = None) -> int:
                                              **{k: round(v, 2) for k, v in timer.seconds.items()},
                                              "peak_rss_gb": rss.peak_gb(), "dice": dice(mask, label)}
                 logger.info("%s %s: %s", name, image.name, results[name][image.name])
+        # accuracy after the same number of epochs: each recipe's own weights through its own inference
+        if ref_weights.is_file():
+            ref_own = zoo_network().to(device)
+            ref_own.load_state_dict(_model_state(ref_weights))
+            ref_own.eval()
+            own = {}
+            for image, label in data["test"][:-1]:
+                mask = zoo_infer(ref_own, image, work / "masks_reference_trained", device, StageTimer())
+                own[image.name] = dice(mask, label)
+            ours_small = [results["ours"][Path(i).name]["dice"] for i, _ in data["test"][:-1]]
+            record["trained_dice"] = {
+                "cases": [Path(i).name for i, _ in data["test"][:-1]],
+                "reference_weights_reference_inference": own,
+                "reference_mean_dice": round(float(np.mean(list(own.values()))), 4),
+                "ours_mean_dice": round(float(np.mean(ours_small)), 4),
+                "note": "each recipe trained for the same epochs on the same phantoms, scored on the unseen ones"}
         summary = {}
         for name, rows in results.items():
             summary[name] = {"seconds_total": round(sum(r["total_seconds"] for r in rows.values()), 2),

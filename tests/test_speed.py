@@ -119,3 +119,85 @@ def test_lung_region_is_the_body_region_when_asked_or_below_air():
     x = MetaTensor(torch.full((1, 8, 8, 8), -900.0), affine=torch.diag(torch.tensor([3.0, 3.0, 3.0, 1.0])))
     assert LungRegion(threshold_hu=-2000)(x).all()  # keep the whole volume (LIDC crops)
     assert not LungRegion(lungs=False)(x).any()
+
+
+# ------------------------------------------------------------------ PrecisionInferer and the bundle's switches
+def test_precision_inferer_resolves_and_returns_float32():
+    from monai.inferers import SimpleInferer
+
+    from monai_pipeline.inference import PrecisionInferer, cpu_bf16_supported, resolve_precision
+
+    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_bf16_supported() else "fp32")
+    assert resolve_precision("auto", "cuda") == "fp16" and resolve_precision("fp32", "cuda") == "fp32"
+    with pytest.raises(ValueError, match="precision must be"):
+        resolve_precision("int8", "cpu")
+    net = torch.nn.Conv3d(1, 2, 3, padding=1)
+    x = torch.rand(2, 1, 8, 8, 8)
+    ref = net(x)
+    out = PrecisionInferer(SimpleInferer(), "bf16", channels_last=True)(x, net)
+    assert out.dtype == torch.float32 and out.is_contiguous() and out.shape == ref.shape
+    assert torch.allclose(out, ref, atol=0.05) and not torch.equal(out, ref)  # bf16 was really used
+    assert net.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.equal(PrecisionInferer(SimpleInferer(), "fp32", channels_last=False)(x, net), net(x))
+
+
+@pytest.fixture(scope="module")
+def segmenting(tmp_path_factory, tiny_msd):
+    """A bundle copy trained long enough on the tiny phantoms to segment them (validation Dice ~0.5)."""
+    import shutil
+
+    from conftest import CFG_TRAIN, LUNG_BUNDLE, TINY, bundle, run_cmd
+
+    root = tmp_path_factory.mktemp("segmenting") / "lung"
+    shutil.copytree(LUNG_BUNDLE, root)
+    run_cmd(bundle("run", "--config_file", CFG_TRAIN, "--dataset_dir", str(tiny_msd), "--epochs", "80",
+                   "--val_interval", "20", "--val_fraction", "0.34", "--learning_rate", "0.005",
+                   "--early_stop_patience", "100", *TINY), cwd=root)
+    return root
+
+
+# every speed option off: float32, default layout, body crop, Invertd
+SLOW_PATH = {"precision": "fp32", "channels_last": "False", "crop_lungs": "False", "fast_resample": "False"}
+DEFAULTS = {"precision": "auto", "channels_last": "True", "crop_lungs": "True", "fast_resample": "True"}
+
+
+def _evaluate(root, tiny_msd, out, options: dict) -> dict:
+    import json
+
+    from conftest import TINY, bundle, run_cmd
+
+    overrides = [a for k, v in options.items() for a in (f"--{k}", v)]
+    run_cmd(bundle("run", "--config_file", "['configs/common.json','configs/evaluate.json']", "--dataset_dir",
+                   str(tiny_msd), "--val_fraction", "0.34", "--output_dir", str(out), *overrides, *TINY), cwd=root)
+    return _cases(out)
+
+
+def _cases(out) -> dict:
+    import json
+
+    return {r["case_id"]: r for r in json.loads((out / "metrics.json").read_text())["cases"]}
+
+
+@pytest.mark.parametrize("option", ["precision=bf16", "channels_last=True", "crop_lungs=True", "fast_resample=True",
+                                    "defaults"])
+def test_speed_option_keeps_geometry_and_dice(segmenting, tiny_msd, tmp_path, option):
+    """Each switch of the lung bundle (and all defaults together) against every switch off: masks in the
+    source geometry, per-case Dice within 0.01 (for the lung crop, which changes the network's input: no
+    more than 0.01 worse), on a model that does segment the phantoms."""
+    from test_export import assert_same_geometry
+
+    slow_dir = segmenting / "eval_slow"
+    if not (slow_dir / "metrics.json").is_file():
+        _evaluate(segmenting, tiny_msd, slow_dir, SLOW_PATH)
+    slow = _cases(slow_dir)
+    options = DEFAULTS if option == "defaults" else {**SLOW_PATH, **dict([option.split("=")])}
+    fast = _evaluate(segmenting, tiny_msd, tmp_path / "eval", options)
+    assert set(fast) == set(slow) and len(slow) == 2
+    assert np.mean([r["dice"] for r in slow.values()]) > 0.3  # the comparison means something
+    # the crop changes what the network sees (the model was trained on lung crops): equal or better there
+    two_sided = option.split("=")[0] in ("precision", "channels_last", "fast_resample")
+    for case, row in slow.items():
+        diff = fast[case]["dice"] - row["dice"]
+        assert (abs(diff) if two_sided else -diff) <= 0.01, (case, option, fast[case]["dice"], row["dice"])
+        pred = tmp_path / "eval" / "predictions" / f"{case}_seg.nii.gz"
+        assert_same_geometry(tiny_msd / "imagesTr" / f"{case}.nii.gz", pred)
