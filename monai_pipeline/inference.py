@@ -464,6 +464,9 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     return "bf16" if device.type == "cpu" and cpu_bf16_supported() else "fp32"
 
 
+_LAYOUTS = {5: torch.channels_last_3d, 4: torch.channels_last}
+
+
 class PrecisionInferer(Inferer):
     """Run another inferer with the network in reduced precision and/or channels-last memory layout.
 
@@ -478,7 +481,8 @@ class PrecisionInferer(Inferer):
     Args:
         inferer: the inferer to wrap (``SlidingWindowInferer``, ``SimpleInferer``...).
         precision: ``"auto"`` (see :func:`resolve_precision`), ``"fp32"``, ``"bf16"`` or ``"fp16"``.
-        channels_last: convert network and inputs to channels-last (5D inputs only).
+        channels_last: convert network and inputs to channels-last (``channels_last_3d`` for volumes,
+            ``channels_last`` for 2D slices).
         device: where the network runs (for ``"auto"``).
     """
 
@@ -495,12 +499,15 @@ class PrecisionInferer(Inferer):
         if not (self.channels_last and isinstance(network, torch.nn.Module)):
             return network
         if id(network) not in self._converted:
-            network.to(memory_format=torch.channels_last_3d)
+            with torch.no_grad():  # 3D kernels channels_last_3d, 2D kernels channels_last; the same Parameters
+                for p in network.parameters():
+                    if p.ndim in _LAYOUTS:
+                        p.data = p.data.contiguous(memory_format=_LAYOUTS[p.ndim])
             self._converted.add(id(network))
 
         def run(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-            if x.ndim == 5:
-                x = x.contiguous(memory_format=torch.channels_last_3d)
+            if x.ndim in _LAYOUTS:
+                x = x.contiguous(memory_format=_LAYOUTS[x.ndim])
             return network(x, *args, **kwargs)
 
         return run

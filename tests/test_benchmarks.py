@@ -61,3 +61,49 @@ def test_committed_lgg_result_has_provenance():
         assert not set(result["val_patients"]) & set(result.get("train_patients", []))
         assert "scripts/benchmark_lgg.py" in result["command"] and len(result["git_rev"]) >= 40
         assert 0.0 <= result["brats_mean_dice"] <= 1.0
+
+
+SPEED_KEYS = {"command", "device", "cpu_model", "torch_threads", "git_rev", "training", "inference", "targets_met"}
+
+
+def _check_speed_record(result: dict) -> None:
+    """The summary figures, ratios and target verdicts follow from the per-volume rows they summarise."""
+    inf = result["inference"]
+    for name, rows in inf["per_volume"].items():
+        for volume, row in rows.items():
+            stages = sum(row[k] for k in ("load", "preprocess", "network", "postprocess", "save"))
+            assert stages <= row["total_seconds"] + 0.05, (name, volume)
+            assert 0.0 <= row["dice"] <= 1.0
+        assert abs(inf["summary"][name]["seconds_total"] - sum(r["total_seconds"] for r in rows.values())) < 0.05
+    ref, ours = inf["summary"]["reference"], inf["summary"]["ours"]
+    assert abs(inf["ratio_volumes_per_second"] - ref["seconds_total"] / ours["seconds_total"]) < 0.01
+    assert result["targets_met"]["inference >= 3x reference volumes/s"] == (inf["ratio_volumes_per_second"] >= 3.0)
+    assert result["targets_met"]["512x512x300 file to mask < 60 s"] == (inf["big_ct"]["seconds_file_to_mask"] < 60)
+    tr = result["training"]
+    assert abs(tr["ratio_samples_per_second"] - tr["ours"]["samples_per_second"] / tr["reference"]["samples_per_second"]) < 0.01
+    assert "scripts/benchmark_speed.py" in result["command"] and len(result["git_rev"]) >= 40
+
+
+def test_committed_speed_result_has_provenance():
+    files = sorted((ROOT / "benchmarks" / "results").glob("*speed*.json"))
+    assert files, "no speed benchmark result committed under benchmarks/results/"
+    for f in files:
+        result = json.loads(f.read_text())
+        assert SPEED_KEYS <= set(result), f"{f.name} lacks {SPEED_KEYS - set(result)}"
+        _check_speed_record(result)
+        assert result["inference"]["big_ct"]["shape"] == [512, 512, 300]
+
+
+def test_speed_benchmark_quick_run(tmp_path):
+    """The benchmark as documented, shrunk: train part, then the inference part reusing its weights."""
+    out, work = tmp_path / "speed.json", tmp_path / "work"
+    small = ["--epochs", "1", "--infer-epochs", "1", "--num-train", "2", "--num-test", "1",
+             "--big-shape", "96", "96", "60", "--work", str(work), "--out", str(out)]
+    script = str(ROOT / "scripts" / "benchmark_speed.py")
+    run_cmd([sys.executable, script, "--part", "train", *small], cwd=ROOT, timeout=900)
+    assert "training" in json.loads(out.read_text()) and "inference" not in json.loads(out.read_text())
+    run_cmd([sys.executable, script, "--part", "infer", *small], cwd=ROOT, timeout=900)
+    result = json.loads(out.read_text())
+    _check_speed_record(result)
+    assert set(result["inference"]["per_volume"]["ours"]) == {"lung_100.nii.gz", "chest_512.nii.gz"}
+    assert (work / "masks_ours" / "chest_512_seg.nii.gz").is_file()

@@ -265,6 +265,29 @@ def test_cli_infer_with_brain_bundle(brain_trained, brain_slices, tmp_path):
     assert (tmp_path / "o" / "BRAINPH_005_1_mask.png").is_file()
 
 
+def test_torchrun_two_processes_give_the_single_process_slice_masks(brain_trained, brain_slices, tmp_path,
+                                                                    monkeypatch):
+    """The brain bundle's multi_gpu_inference.json: two gloo ranks share the slices, same masks as one process."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the same threads per process in both runs
+    src = tmp_path / "in"
+    src.mkdir()
+    for f in sorted((brain_slices / "BRAINPH_005").glob("BRAINPH_005_[1-4].tif")):
+        shutil.copy(f, src / f.name)
+    sets = ["--set", "image_size=[64,64]", "--set", "num_workers=0"]
+    common = ["infer", "--bundle", "brain", "--images", str(src), "--ckpt-dir", str(brain_trained / "models")]
+    run_cmd([str(VENV_BIN / "monai-pipeline"), *common, "--output-dir", str(tmp_path / "single"), *sets], cwd=tmp_path)
+    proc = run_cmd([str(VENV_BIN / "torchrun"), "--nproc_per_node=2", "-m", "monai_pipeline.cli", *common,
+                    "--distributed", "--output-dir", str(tmp_path / "multi"), *sets], cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert "rank 0:" in log and "rank 1:" in log, log[-3000:]
+    names = sorted(p.name for p in (tmp_path / "single").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "multi").iterdir())
+    assert sum(n.endswith("_mask.png") for n in names) == 4
+    for name in names:
+        a, b = (np.asarray(Image.open(tmp_path / d / name)) for d in ("single", "multi"))
+        assert np.array_equal(a, b), name
+
+
 def test_volumes_train_and_infer_in_source_geometry(brain_volumes, tmp_path):
     root = tmp_path / "brain"
     shutil.copytree(BRAIN_BUNDLE, root)

@@ -139,6 +139,11 @@ def test_precision_inferer_resolves_and_returns_float32():
     assert torch.allclose(out, ref, atol=0.05) and not torch.equal(out, ref)  # bf16 was really used
     assert net.weight.is_contiguous(memory_format=torch.channels_last_3d)
     assert torch.equal(PrecisionInferer(SimpleInferer(), "fp32", channels_last=False)(x, net), net(x))
+    net2d = torch.nn.Conv2d(3, 2, 3, padding=1)  # 2D networks (the brain bundle) take channels_last
+    x2d = torch.rand(2, 3, 16, 16)
+    out = PrecisionInferer(SimpleInferer(), "fp32", channels_last=True)(x2d, net2d)
+    assert net2d.weight.is_contiguous(memory_format=torch.channels_last) and out.is_contiguous()
+    assert torch.allclose(out, net2d(x2d.contiguous()), atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +167,6 @@ DEFAULTS = {"precision": "auto", "channels_last": "True", "crop_lungs": "True", 
 
 
 def _evaluate(root, tiny_msd, out, options: dict) -> dict:
-    import json
-
     from conftest import TINY, bundle, run_cmd
 
     overrides = [a for k, v in options.items() for a in (f"--{k}", v)]
