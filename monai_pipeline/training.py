@@ -14,8 +14,8 @@ from typing import Any, Mapping
 
 import torch
 
-__all__ = ["train", "default_device", "default_num_workers", "latest_checkpoint", "resume_handlers", "attach_handlers", "init_distributed",
-           "CheckpointSaver"]
+__all__ = ["train", "default_device", "default_num_workers", "latest_checkpoint", "resume_handlers", "attach_handlers",
+           "init_distributed", "CheckpointSaver"]
 
 logger = logging.getLogger(__name__)
 
