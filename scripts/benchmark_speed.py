@@ -122,11 +122,16 @@ def make_phantoms(work: Path, num_train: int, num_test: int, big_shape: list[int
 
 
 # --------------------------------------------------------------------------------- reference recipe
-def zoo_network():
+def zoo_network(weights: Path | None = None, device="cpu"):
+    """The Zoo recipe's UNet on ``device``; with ``weights``, loaded and in eval mode."""
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2),
-                num_res_units=2, norm="batch")
+    net = UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2),
+               num_res_units=2, norm="batch").to(device)
+    if weights is not None:
+        net.load_state_dict(_model_state(weights))
+        net.eval()
+    return net
 
 
 def zoo_transforms(train: bool):
@@ -157,7 +162,7 @@ def zoo_train(datalist: list[dict], epochs: int, device) -> tuple[Any, dict]:
     from monai.data import DataLoader, Dataset, list_data_collate
     from monai.losses import DiceCELoss
 
-    net = zoo_network().to(device)
+    net = zoo_network(device=device)
     loader = DataLoader(Dataset(datalist, zoo_transforms(train=True)), batch_size=2, shuffle=True, num_workers=2,
                         collate_fn=list_data_collate)
     opt = torch.optim.Adam(net.parameters(), 1e-4)
@@ -271,9 +276,7 @@ def ours_infer(pipe, image: Path, out_dir: Path, timer: StageTimer) -> Path:
 
 def trained_dice(data: dict, work: Path, ref_weights: Path, our_weights: Path, device) -> dict:
     """Each recipe's own weights (same epochs) through its own inference, scored on the unseen phantoms."""
-    ref_net = zoo_network().to(device)
-    ref_net.load_state_dict(_model_state(ref_weights))
-    ref_net.eval()
+    ref_net = zoo_network(ref_weights, device)
     pipe = ours_pipeline(our_weights, work / "masks_ours_trained")
     out: dict[str, Any] = {"cases": [], "reference": {}, "ours": {}}
     for image, label in data["test"][:-1]:
@@ -380,9 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         from monai_pipeline.bundles import parse_overrides
 
         weights = train_longer(data["dataset_dir"], work / "ours_models_long", args.infer_epochs)
-        ref_net = zoo_network().to(device)
-        ref_net.load_state_dict(_model_state(weights))
-        ref_net.eval()
+        ref_net = zoo_network(weights, device)
         pipe = ours_pipeline(weights, work / "masks_ours", **parse_overrides(args.set))
         results: dict[str, dict] = {"reference": {}, "ours": {}}
         # warm-up on the smallest phantom so one-time costs (thread pools, kernels) hit neither recipe
