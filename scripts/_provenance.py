@@ -32,16 +32,32 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def run_record(script: str, argv: list[str], ckpt_dir: Path, epochs_requested: int, train_s: float,
-               eval_s: float) -> dict:
-    """The provenance fields every benchmark result carries: epochs actually trained (from the latest
-    checkpoint), device, CPU, threads, times, the exact command, git revision and date."""
+def machine_provenance(script: str, argv: list[str]) -> dict:
+    """Where and how a result was made: the exact command, device, CPU, torch threads, git revision, date."""
     import shlex
     import time
 
     import torch
 
-    from monai_pipeline.training import default_device, latest_checkpoint
+    from monai_pipeline.training import default_device
+
+    return {
+        "command": " ".join(["python", f"scripts/{script}"] + [shlex.quote(a) for a in argv]),
+        "device": str(default_device()),
+        "cpu_model": cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+        "git_rev": git_rev(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def run_record(script: str, argv: list[str], ckpt_dir: Path, epochs_requested: int, train_s: float,
+               eval_s: float) -> dict:
+    """The provenance fields every benchmark result carries: epochs actually trained (from the latest
+    checkpoint), device, CPU, threads, times, the exact command, git revision and date."""
+    import torch
+
+    from monai_pipeline.training import latest_checkpoint
 
     last = latest_checkpoint(ckpt_dir)
     state = torch.load(last, map_location="cpu", weights_only=True)["trainer"] if last else {}
@@ -49,12 +65,7 @@ def run_record(script: str, argv: list[str], ckpt_dir: Path, epochs_requested: i
     return {
         "epochs": epochs_done,
         "epochs_requested": epochs_requested,
-        "device": str(default_device()),
-        "cpu_model": cpu_model(),
-        "torch_threads": torch.get_num_threads(),
         "train_seconds_this_run": round(train_s, 1),
         "eval_seconds": round(eval_s, 1),
-        "command": " ".join(["python", f"scripts/{script}"] + [shlex.quote(a) for a in argv]),
-        "git_rev": git_rev(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **machine_provenance(script, argv),
     }

@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from monai_pipeline.io import atomic_write_text
     from monai_pipeline.training import default_device, latest_checkpoint
-    from _provenance import cpu_model, git_rev
+    from _provenance import machine_provenance
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default=str(ROOT / "runs" / "speed"), help="phantoms, weights, masks (reused)")
@@ -340,11 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     device = default_device()
     rss = PeakRSS()
-    record: dict[str, Any] = {
-        "command": " ".join(["python", "scripts/benchmark_speed.py", *(argv if argv is not None else sys.argv[1:])]),
-        "device": str(device), "cpu_model": cpu_model(), "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "git_rev": git_rev(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    record: dict[str, Any] = {**machine_provenance("benchmark_speed.py", argv if argv is not None else sys.argv[1:]),
+                              "torch": torch.__version__}
     previous = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
     data = make_phantoms(work, args.num_train, args.num_test, args.big_shape, args.big_spacing)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from _provenance import cpu_model, git_rev
+    from _provenance import machine_provenance
     from benchmark_speed import StageTimer, dice, ours_infer, ours_pipeline
     from monai_pipeline.io import atomic_write_text, write_nifti
     from monai_pipeline.synthetic import PhantomSpec, make_phantom, write_msd_dataset
@@ -67,9 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         results[str(overlap)] = {"cases": rows, "mean_dice": round(float(np.mean([r["dice"] for r in rows.values()])), 4),
                                  "network_seconds": round(sum(r["network_seconds"] for r in rows.values()), 2)}
         print(overlap, json.dumps(results[str(overlap)]), flush=True)
-    record = {"command": " ".join(["python", "scripts/select_sw_overlap.py", *(argv if argv is not None else sys.argv[1:])]),
-              "device": "cpu", "cpu_model": cpu_model(), "torch_threads": torch.get_num_threads(), "git_rev": git_rev(),
-              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "weights": str(weights), "results": results}
+    record = {**machine_provenance("select_sw_overlap.py", argv if argv is not None else sys.argv[1:]),
+              "weights": str(weights), "results": results}
     atomic_write_text(args.out, json.dumps(record, indent=2) + "\n")
     print(f"written: {args.out}")
     return 0
