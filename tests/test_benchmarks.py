@@ -12,12 +12,20 @@ from conftest import ROOT, run_cmd, shared
 LIDC_KEYS = {"dataset", "n_train", "n_val", "mean_dice", "median_dice", "epochs", "device", "command", "git_rev"}
 
 
-def test_committed_lidc_result_has_provenance():
-    files = sorted((ROOT / "benchmarks" / "results").glob("*lidc*.json"))
-    assert files, "no LIDC benchmark result committed under benchmarks/results/"
+def committed_results(pattern: str, keys: set[str], what: str) -> list[dict]:
+    """Every committed result under benchmarks/results/ matching ``pattern``, each checked to carry ``keys``."""
+    files = sorted((ROOT / "benchmarks" / "results").glob(pattern))
+    assert files, f"no {what} benchmark result committed under benchmarks/results/"
+    results = []
     for f in files:
         result = json.loads(f.read_text())
-        assert LIDC_KEYS <= set(result), f"{f.name} lacks {LIDC_KEYS - set(result)}"
+        assert keys <= set(result), f"{f.name} lacks {keys - set(result)}"
+        results.append(result)
+    return results
+
+
+def test_committed_lidc_result_has_provenance():
+    for result in committed_results("*lidc*.json", LIDC_KEYS, "LIDC"):
         assert 0.0 <= result["median_dice"] <= 1.0 and 0.0 <= result["mean_dice"] <= 1.0
         per = [r["dice"] for r in result["per_nodule"]]
         assert len(per) == result["n_val"]
@@ -47,11 +55,7 @@ LGG_KEYS = {"n_train_patients", "n_val_patients", "mean_patient_dice", "median_p
 
 
 def test_committed_lgg_result_has_provenance():
-    files = sorted((ROOT / "benchmarks" / "results").glob("*lgg*.json"))
-    assert files, "no LGG benchmark result committed under benchmarks/results/"
-    for f in files:
-        result = json.loads(f.read_text())
-        assert LGG_KEYS <= set(result), f"{f.name} lacks {LGG_KEYS - set(result)}"
+    for result in committed_results("*lgg*.json", LGG_KEYS, "LGG"):
         per = [r["dice"] for r in result["per_patient"]]
         assert len(per) == result["n_val_patients"] and result["n_train_patients"] > result["n_val_patients"]
         assert abs(sum(per) / len(per) - result["mean_patient_dice"]) < 1e-3
@@ -85,11 +89,7 @@ def _check_speed_record(result: dict) -> None:
 
 
 def test_committed_speed_result_has_provenance():
-    files = sorted((ROOT / "benchmarks" / "results").glob("*speed*.json"))
-    assert files, "no speed benchmark result committed under benchmarks/results/"
-    for f in files:
-        result = json.loads(f.read_text())
-        assert SPEED_KEYS <= set(result), f"{f.name} lacks {SPEED_KEYS - set(result)}"
+    for result in committed_results("*speed*.json", SPEED_KEYS, "speed"):
         _check_speed_record(result)
         assert result["inference"]["big_ct"]["shape"] == [512, 512, 300]
 
