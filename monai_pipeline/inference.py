@@ -492,6 +492,10 @@ class PrecisionInferer(Inferer):
         self.inferer = inferer
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
+        if self.precision == "bf16" and self.device.type == "cpu" and not cpu_bf16_supported():
+            logger.warning("precision bf16 on a CPU without AVX512-BF16/AMX: bfloat16 is emulated there, and a "
+                           "training step measured 15-30x slower than float32 (benchmarks/results/"
+                           "train_precision_lung.json); use precision 'auto' or 'fp32' on this machine")
         self.channels_last = bool(channels_last)
         self._converted: set[int] = set()
 

@@ -10,13 +10,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def git_rev() -> str:
-    """``HEAD``'s commit, with ``-dirty`` when tracked files have uncommitted changes."""
+    """``HEAD``'s commit, with ``-dirty`` when code differs from it: tracked files changed, or a file not yet
+    committed in the code folders (a new script measures with code no revision holds)."""
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
         # the results folder itself does not make the code dirty (a part of a benchmark rewrites its result)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude)benchmarks/results"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
+        tracked = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                  ":(exclude)benchmarks/results"], cwd=ROOT, capture_output=True, text=True)
+        new_code = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "--", "monai_pipeline",
+                                   "scripts", "bundles", "configs"], cwd=ROOT, capture_output=True, text=True)
+        dirty = (tracked.stdout + new_code.stdout).strip()
         return rev.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -39,12 +42,17 @@ def machine_provenance(script: str, argv: list[str]) -> dict:
 
     import torch
 
+    from monai_pipeline.inference import cpu_bf16_supported
     from monai_pipeline.training import default_device
 
     return {
         "command": " ".join(["python", f"scripts/{script}"] + [shlex.quote(a) for a in argv]),
         "device": str(default_device()),
         "cpu_model": cpu_model(),
+        # the same model name can hide different instruction sets (a cloud "AMD EPYC" with or without
+        # AVX512-BF16): what decides whether precision "auto" runs bf16, and how fast the kernels are
+        "cpu_bf16_native": cpu_bf16_supported(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
         "git_rev": git_rev(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
