@@ -443,8 +443,9 @@ def main(argv: list[str] | None = None) -> int:
         variants = {"defaults": {}, "precision=fp32": {"precision": "fp32"},
                     "channels_last=False": {"channels_last": False}, "crop_lungs=False": {"crop_lungs": False},
                     "fast_resample=False": {"fast_resample": False}, "sw_overlap=0.25": {"sw_overlap": 0.25},
+                    "load_dtype=float32,resample_dtype=float64": {"load_dtype": "float32", "resample_dtype": "float64"},
                     "all off": {"precision": "fp32", "channels_last": False, "crop_lungs": False,
-                                "fast_resample": False}}
+                                "fast_resample": False, "load_dtype": "float32", "resample_dtype": "float64"}}
         ablation: dict[str, dict] = {}
         for name, overrides in variants.items():
             pipe = ours_pipeline(weights, work / "masks_ablation", **overrides)
