@@ -475,7 +475,7 @@ class PrecisionInferer(Inferer):
     oneDNN's 3D convolutions are fastest in). Outputs come back as float32 in the default layout, so
     post-processing and losses are unchanged. On 2 CPU cores with AVX512-BF16 the lung bundle's network
     time on a 512 x 512 x 300 CT drops from 2.2 s (fp32) to 1.2 s at the same Dice (0.522 / 0.525;
-    ``benchmarks/results/speed_lung_cpu.json``, ``ablation_big_ct``). As the training inferer it autocasts
+    ``benchmarks/results/speed_lung_cpu_avx512bf16.json``, ``ablation_big_ct``). As the training inferer it autocasts
     the forward pass (the backward pass follows), with float32 weights and optimiser state.
 
     Args:
@@ -493,9 +493,9 @@ class PrecisionInferer(Inferer):
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
         if self.precision == "bf16" and self.device.type == "cpu" and not cpu_bf16_supported():
-            logger.warning("precision bf16 on a CPU without AVX512-BF16/AMX: bfloat16 is emulated there, and a "
-                           "training step measured 15-30x slower than float32 (benchmarks/results/"
-                           "train_precision_lung.json); use precision 'auto' or 'fp32' on this machine")
+            logger.warning("precision bf16 on a CPU without AVX512-BF16/AMX: bfloat16 is emulated there; training "
+                           "measured 5.6x slower than float32 on 32 x 32 x 16 patches (benchmarks/results/"
+                           "train_precision_lung.json) and 10-30x on larger ones; use precision 'auto' or 'fp32'")
         self.channels_last = bool(channels_last)
         self._converted: set[int] = set()
 
