@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import errno
+import functools
 import json
 import logging
 import os
@@ -443,8 +444,10 @@ class InferenceProgress:
 
 
 # ------------------------------------------------------------------------------ speed: precision, layout
+@functools.lru_cache(maxsize=1)
 def cpu_bf16_supported() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where bf16 autocast pays off."""
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where bf16 autocast pays off.
+    Read once per process (every ``PrecisionInferer`` and every benchmark record asks)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

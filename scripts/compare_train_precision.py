@@ -27,7 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-TINY = ["--patch_size", "[32,32,16]", "--pixdim", "[4.0,4.0,5.0]", "--num_workers", "0", "--sw_batch_size", "2"]
+# the study's setup, written once: the phantoms, the bundle overrides and the result's "setup" all come from here
+TRAIN_PHANTOMS, TEST_PHANTOMS, PHANTOM_SEED = 6, 6, 11
+GRID_MM, PATCH, VAL_FRACTION = [4.0, 4.0, 5.0], [32, 32, 16], 0.34
+TINY = ["--patch_size", json.dumps(PATCH), "--pixdim", json.dumps(GRID_MM), "--num_workers", "0", "--sw_batch_size", "2"]
 
 
 def _bundle_run(config: str, args: list[str], cwd: Path, log: Path) -> float:
@@ -54,7 +57,7 @@ def one_run(work: Path, data: Path, precision: str, seed: int, epochs: int, lr: 
         shutil.rmtree(run)  # an interrupted run starts over: a half-trained model is not a result
     shutil.copytree(bundle_dir("lung"), run)
     train_s = _bundle_run("['configs/common.json','configs/train.json']", [
-        "--dataset_dir", str(data), "--epochs", str(epochs), "--val_interval", str(epochs), "--val_fraction", "0.34",
+        "--dataset_dir", str(data), "--epochs", str(epochs), "--val_interval", str(epochs), "--val_fraction", str(VAL_FRACTION),
         "--learning_rate", str(lr), "--early_stop_patience", str(epochs + 1), "--seed", str(seed),
         "--train_precision", precision], run, run / "train.log")
     _bundle_run("['configs/common.json','configs/evaluate.json']", [
@@ -87,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     data = work / "data" / "Task06_Lung"
     if not (data / "dataset.json").is_file():
-        write_msd_dataset(data, num_train=6, num_test=6, seed=11, spec=PhantomSpec((48, 48, 24), (5.0, 5.0, 8.0)))
+        write_msd_dataset(data, num_train=TRAIN_PHANTOMS, num_test=TEST_PHANTOMS, seed=PHANTOM_SEED,
+                          spec=PhantomSpec((48, 48, 24), (5.0, 5.0, 8.0)))
     test = [{"image": str(p), "label": str(data / "labelsTs" / p.name)}
             for p in sorted((data / "imagesTs").glob("*.nii.gz"))]
     runs = []
@@ -106,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                               "failed_runs": int((d < args.fail_below).sum()),
                               "mean_train_seconds": round(float(t.mean()), 1)}
     record = {**machine_provenance("compare_train_precision.py", argv if argv is not None else sys.argv[1:]),
-              "setup": {"train_phantoms": 6, "val_fraction": 0.34, "test_phantoms": len(test), "epochs": args.epochs,
-                        "learning_rate": args.learning_rate, "grid_mm": [4.0, 4.0, 5.0], "patch": [32, 32, 16],
+              "setup": {"train_phantoms": TRAIN_PHANTOMS, "val_fraction": VAL_FRACTION, "test_phantoms": len(test),
+                        "epochs": args.epochs, "learning_rate": args.learning_rate, "grid_mm": GRID_MM, "patch": PATCH,
                         "inference_precision": "fp32", "fail_below": args.fail_below},
               "summary": summary, "runs": runs}
     atomic_write_text(Path(args.out), json.dumps(record, indent=1) + "\n")
