@@ -89,13 +89,16 @@ def device_override(device: str | None) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _data_errors() -> Iterator[None]:
-    """Re-raise a :class:`DataError` that MONAI's config machinery wrapped in ``RuntimeError``s."""
+    """Re-raise this project's own errors (a bad input file, a locked folder, training that turned non-finite)
+    as themselves where MONAI's config machinery wrapped them in ``RuntimeError``s."""
+    from monai_pipeline.training import NonFiniteTrainingError
+
     try:
         yield
     except RuntimeError as err:
         cause: BaseException | None = err
         while cause is not None:
-            if isinstance(cause, (DataError, FolderLockedError)):
+            if isinstance(cause, (DataError, FolderLockedError, NonFiniteTrainingError)):
                 raise cause from None
             cause = cause.__cause__ or cause.__context__
         raise

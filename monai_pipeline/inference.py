@@ -41,7 +41,7 @@ from monai_pipeline.io import atomic_write_text
 
 __all__ = ["predict", "run_inference", "pending", "Pending", "existing_mask_problem", "InferenceDataset",
            "InferenceProgress", "init_distributed", "FAILED_KEY", "PrecisionInferer",
-           "resolve_precision", "cpu_bf16_supported"]
+           "resolve_precision", "cpu_bf16_supported", "cpu_amx_supported"]
 
 logger = logging.getLogger(__name__)
 
@@ -445,18 +445,40 @@ class InferenceProgress:
 
 # ------------------------------------------------------------------------------ speed: precision, layout
 @functools.lru_cache(maxsize=1)
-def cpu_bf16_supported() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where bf16 autocast pays off.
-    Read once per process (every ``PrecisionInferer`` and every benchmark record asks)."""
+def _cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags from ``/proc/cpuinfo`` (read once per process; empty where unreadable)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return any(f in flags for f in (" avx512_bf16", " amx_bf16"))
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
 
 
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """``"auto"`` -> ``"bf16"`` on a CPU with native bfloat16 (and ``"fp16"`` on CUDA), else ``"fp32"``."""
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where bf16 autocast pays off."""
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_amx_supported() -> bool:
+    """Whether this CPU has AMX tiles with bfloat16 (Intel Xeon Sapphire Rapids and later), where oneDNN's
+    bf16 kernels are AMX ones."""
+    return "amx_bf16" in _cpu_flags()
+
+
+def resolve_precision(precision: str, device: torch.device | str, training: bool = False) -> str:
+    """``"auto"`` -> the precision to run in.
+
+    - CUDA: ``"fp16"`` (inference and training; training also uses the trainer's loss scaling);
+    - a CPU with native bfloat16: ``"bf16"``, except for **training on a CPU with AMX**, which is ``"fp32"``:
+      there oneDNN's AMX bf16 kernels turn the 3D UNet's gradients to NaN at some shapes (LIDC's 8 x 48 x 48
+      x 16 batches: NaN at the first step, issue 14; not seen with AVX512-BF16 alone, where the LIDC benchmark
+      trains in bf16); explicit ``"bf16"`` still trains in bf16 there, guarded by
+      :class:`~monai_pipeline.training.NonFiniteGuard`;
+    - any other CPU: ``"fp32"`` (bf16 would be emulated, 10-30x slower).
+    """
     device = torch.device(device)
     if precision != "auto":
         if precision not in ("fp32", "bf16", "fp16"):
@@ -464,10 +486,21 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
         return precision
     if device.type == "cuda":
         return "fp16"
-    return "bf16" if device.type == "cpu" and cpu_bf16_supported() else "fp32"
+    if device.type == "cpu" and cpu_bf16_supported():
+        return "fp32" if training and cpu_amx_supported() else "bf16"
+    return "fp32"
 
 
 _LAYOUTS = {5: torch.channels_last_3d, 4: torch.channels_last}
+
+
+def _foreground(logits: torch.Tensor) -> torch.Tensor:
+    """Foreground probability ``(B, *spatial)`` of network logits ``(B, C, *spatial)``: 1 - softmax's
+    background channel when ``C > 1``, the sigmoid when ``C == 1``."""
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits[:, 0])
+    return 1.0 - torch.softmax(logits, dim=1)[:, 0]
 
 
 class PrecisionInferer(Inferer):
@@ -481,26 +514,58 @@ class PrecisionInferer(Inferer):
     ``benchmarks/results/speed_lung_cpu_avx512bf16.json``, ``ablation_big_ct``). As the training inferer it autocasts
     the forward pass (the backward pass follows), with float32 weights and optimiser state.
 
+    **"auto" proves itself** (inference): reduced precision is only kept for an input when it gives the
+    float32 answer there. After the reduced-precision run, the window (``roi_size`` of the wrapped inferer,
+    the whole input for others) centred on the most confident foreground voxel of that output is run
+    again both ways, as a batch of the inferer's ``sw_batch_size`` (the shapes whose kernels the run used);
+    the result is kept only when both outputs are finite, float32 finds foreground in that window (an
+    all-background window proves nothing, so it never passes unless ``verify_background``), and the
+    foreground probabilities differ by at most ``verify_tolerance`` at every voxel of the window. Otherwise
+    the input is segmented again in float32, with one log line saying why. ``checked`` counts inputs kept
+    in reduced precision and inputs redone in float32. The check costs two window batches per input (one
+    of them float32; measured cost in the lung bundle's docs); a rejected input costs a float32 run more.
+
     Args:
         inferer: the inferer to wrap (``SlidingWindowInferer``, ``SimpleInferer``...).
         precision: ``"auto"`` (see :func:`resolve_precision`), ``"fp32"``, ``"bf16"`` or ``"fp16"``.
         channels_last: convert network and inputs to channels-last (``channels_last_3d`` for volumes,
             ``channels_last`` for 2D slices).
         device: where the network runs (for ``"auto"``).
+        training: the trainer's inferer (``"auto"`` resolves for training; no output check, the trainer's
+            :class:`~monai_pipeline.training.NonFiniteGuard` checks loss and gradients instead).
+        verify: check reduced-precision outputs against float32 as above (default: for ``"auto"``, not in
+            training). An explicit ``"bf16"``/``"fp16"`` is the user's choice and is not checked by default.
+        verify_tolerance: largest foreground-probability difference accepted at a voxel (0-1).
+        verify_background: accept a check window in which float32 finds no foreground.
     """
 
     def __init__(self, inferer: Inferer, precision: str = "auto", channels_last: bool = True,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", training: bool = False, verify: bool | None = None,
+                 verify_tolerance: float = 0.1, verify_background: bool = False) -> None:
         super().__init__()
         self.inferer = inferer
         self.device = torch.device(device)
-        self.precision = resolve_precision(precision, self.device)
+        self.requested = precision
+        self.precision = resolve_precision(precision, self.device, training)
         if self.precision == "bf16" and self.device.type == "cpu" and not cpu_bf16_supported():
             logger.warning("precision bf16 on a CPU without AVX512-BF16/AMX: bfloat16 is emulated there; training "
                            "measured 5.6x slower than float32 on 32 x 32 x 16 patches (benchmarks/results/"
                            "train_precision_lung.json) and 10-30x on larger ones; use precision 'auto' or 'fp32'")
         self.channels_last = bool(channels_last)
+        self.verify = (precision == "auto" and not training) if verify is None else bool(verify)
+        self.verify_tolerance = float(verify_tolerance)
+        self.verify_background = bool(verify_background)
+        self.checked = {"kept": 0, "fp32": 0}
         self._converted: set[int] = set()
+
+    @property
+    def can_fall_back(self) -> bool:
+        """Whether the precision was chosen by ``"auto"`` (so float32 may replace it when it fails)."""
+        return self.requested == "auto"
+
+    def fall_back(self) -> None:
+        """Run in float32 from now on (the trainer's :class:`~monai_pipeline.training.NonFiniteGuard` calls it)."""
+        self.precision = "fp32"
 
     def _network(self, network: Callable) -> Callable:
         if not (self.channels_last and isinstance(network, torch.nn.Module)):
@@ -519,18 +584,72 @@ class PrecisionInferer(Inferer):
 
         return run
 
+    def _autocast(self, device_type: str):
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=device_type, dtype=dtype)
+
     def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> Any:
         net = self._network(network)
         if self.precision == "fp32":
-            out = self.inferer(inputs, net, *args, **kwargs)
-        else:
-            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-            with torch.autocast(device_type=inputs.device.type, dtype=dtype):
-                out = self.inferer(inputs, net, *args, **kwargs)
-        return _to_float(out)
+            return _to_float(self.inferer(inputs, net, *args, **kwargs))
+        with self._autocast(inputs.device.type):
+            out = _to_float(self.inferer(inputs, net, *args, **kwargs))
+        if not self.verify:
+            return out
+        reason = self._disproved(inputs, net, out, args, kwargs)
+        if reason is None:
+            self.checked["kept"] += 1
+            return out
+        self.checked["fp32"] += 1
+        logger.info("precision auto: %s not used for this input (%s); segmented in float32", self.precision, reason)
+        return _to_float(self.inferer(inputs, net, *args, **kwargs))
+
+    def _window(self, image: torch.Tensor, centre: Sequence[int]) -> torch.Tensor:
+        """The ``roi_size`` window of ``image`` (1, C, *spatial) around ``centre``, padded as the sliding
+        window pads an input smaller than the window (symmetrically, with zeros)."""
+        spatial = image.shape[2:]
+        roi = getattr(self.inferer, "roi_size", None) or spatial
+        roi = [s if (r is None or int(r) <= 0) else int(r) for r, s in zip(roi, spatial)]
+        index = [slice(None), slice(None)]
+        pad: list[int] = []
+        for c, r, s in zip(centre, roi, spatial):
+            start = min(max(0, int(c) - r // 2), max(0, s - r))
+            index.append(slice(start, start + r))
+            extra = max(0, r - s)
+            pad = [extra // 2, extra - extra // 2] + pad  # torch's pad lists the last dimension first
+        window = image[tuple(index)]
+        return torch.nn.functional.pad(window, pad) if any(pad) else window
+
+    def _disproved(self, inputs: torch.Tensor, net: Callable, out: Any, args: tuple, kwargs: dict) -> str | None:
+        """Why the reduced-precision ``out`` cannot be kept (see the class docstring), or None."""
+        if not isinstance(out, torch.Tensor) or out.ndim != inputs.ndim or out.shape[0] != inputs.shape[0]:
+            return "an output that cannot be checked"
+        if not bool(torch.isfinite(out).all()):
+            return "non-finite output"
+        prob = _foreground(out)
+        b, *centre = np.unravel_index(int(torch.argmax(prob)), tuple(prob.shape))
+        window = self._window(inputs[b:b + 1], centre)
+        n = max(1, int(getattr(self.inferer, "sw_batch_size", 1)))
+        batch = window.expand(n, *window.shape[1:]).contiguous()
+        with torch.no_grad():
+            with self._autocast(inputs.device.type):
+                low = net(batch, *args, **kwargs)
+            high = net(batch, *args, **kwargs)
+        if not (isinstance(low, torch.Tensor) and isinstance(high, torch.Tensor)):
+            return "a network output that cannot be checked"
+        if not bool(torch.isfinite(low).all()):
+            return "non-finite output in the check window"
+        p_low, p_high = _foreground(low), _foreground(high)
+        if float(p_high.max()) < 0.5 and not self.verify_background:
+            return "no foreground in float32 in its most confident window, so nothing proves it"
+        diff = float((p_low - p_high).abs().max())
+        if diff > self.verify_tolerance:
+            return f"foreground probability off by up to {diff:.3f} (> {self.verify_tolerance}) in its most confident window"
+        return None
 
     def __repr__(self) -> str:
-        return f"PrecisionInferer({self.inferer!r}, precision={self.precision!r}, channels_last={self.channels_last})"
+        return (f"PrecisionInferer({self.inferer!r}, precision={self.precision!r}, channels_last={self.channels_last}, "
+                f"verify={self.verify})")
 
 
 def _to_float(out: Any) -> Any:

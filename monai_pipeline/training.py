@@ -10,12 +10,13 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 
 __all__ = ["train", "default_device", "default_num_workers", "latest_checkpoint", "resume_handlers", "attach_handlers",
-           "init_distributed", "CheckpointSaver"]
+           "init_distributed", "CheckpointSaver", "NonFiniteGuard", "NonFiniteTrainingError", "ValidationState",
+           "NONFINITE_EXIT_CODE"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,11 +120,20 @@ def resume_handlers(resume: bool, ckpt_dir: str | os.PathLike, load_dict: Mappin
     from monai.handlers import CheckpointLoader
 
     logger.info("resuming from %s", path)
+    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).keys()
+    missing = sorted(k for k in load_dict if k not in saved and k not in _REQUIRED_STATE)
+    if missing:  # written before these parts of the state were saved: they start afresh
+        logger.warning("%s holds no %s (an older checkpoint): %s start afresh", path, ", ".join(missing),
+                       "they" if len(missing) > 1 else "it")
+    load_dict = {k: v for k, v in load_dict.items() if k not in missing}
     handlers: list = [CheckpointLoader(load_path=str(path), load_dict=dict(load_dict), map_location=map_location)]
     scheduler = load_dict.get("lr_scheduler")
     if scheduler is not None and hasattr(scheduler, "T_max"):
         handlers.append(_ScheduleHorizon(scheduler))
     return handlers
+
+
+_REQUIRED_STATE = ("model", "optimizer", "trainer")  # a checkpoint without these is not one of ours
 
 
 class _ScheduleHorizon:
@@ -150,6 +160,227 @@ def attach_handlers(engine, handlers: list) -> list:
     for handler in handlers:
         handler.attach(engine)
     return handlers
+
+
+# ------------------------------------------------------------------------------ non-finite training steps
+NONFINITE_EXIT_CODE = 4  # ``monai-pipeline train`` exits with this when training turned non-finite
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Training produced a non-finite loss or gradient that no fall-back could cure; the update was not applied.
+
+    Attributes:
+        epoch, iteration: where (1-based; ``iteration`` counts from the start of the run, ``batch`` within
+            the epoch).
+        precision: the precision the failing step ran in (``"fp32"``, ``"bf16"``, ``"fp16"``).
+    """
+
+    exit_code = NONFINITE_EXIT_CODE
+
+    def __init__(self, message: str, epoch: int, iteration: int, batch: int, precision: str) -> None:
+        super().__init__(message)
+        self.epoch, self.iteration, self.batch, self.precision = epoch, iteration, batch, precision
+
+
+def _nonfinite(tensors: Iterable[torch.Tensor]) -> int:
+    """How many of ``tensors`` hold a NaN or an infinity (one reduction, one synchronisation)."""
+    plain = [t.as_tensor() if hasattr(t, "as_tensor") else t for t in tensors]  # MetaTensor -> Tensor
+    flags = [~torch.isfinite(t.detach()).all() for t in plain if t.is_floating_point()]
+    return int(torch.stack(flags).sum()) if flags else 0
+
+
+class NonFiniteGuard:
+    """Check every training iteration's loss and gradients before the optimiser step; never apply a NaN update.
+
+    Attached to a MONAI ``SupervisedTrainer``, it runs on ``IterationEvents.BACKWARD_COMPLETED``, after the
+    backward pass and before ``optimizer.step()``. When the loss, a gradient or a normalisation buffer is
+    NaN or infinite (on any rank: under ``torchrun`` the verdict is all-reduced, so every rank decides the
+    same and none waits for another):
+
+    - the step's gradients are dropped (``optimizer.step()`` then changes nothing) and the network's buffers
+      (batch-norm running statistics, which the forward pass has already updated) are restored to their
+      values before the iteration: the weights stay those of the last good step;
+    - if the trainer's inferer runs a reduced precision chosen by ``"auto"`` (a
+      :class:`~monai_pipeline.inference.PrecisionInferer` whose ``can_fall_back`` is true), the run falls back
+      to float32 for good: one warning says why, the iteration is computed again in float32 and training goes
+      on. The choice is part of this handler's state, saved in each checkpoint, so a resumed run keeps it;
+    - otherwise (an explicit precision, float32 already, or float32 non-finite too) it raises
+      :class:`NonFiniteTrainingError` with the epoch, iteration, precision, what was non-finite (the input
+      batch itself included) and what to try. The latest epoch checkpoint is then the last good state.
+
+    With a CUDA ``GradScaler`` (``amp``) only the loss is checked: overflowing float16 gradients are
+    expected there and the scaler skips those steps itself.
+
+    Args:
+        ckpt_dir: the run's checkpoint folder, named in the error (where to resume from).
+        network: the network whose buffers are restored (default: the trainer's).
+    """
+
+    def __init__(self, ckpt_dir: str | os.PathLike | None = None, network: torch.nn.Module | None = None) -> None:
+        self.ckpt_dir = ckpt_dir
+        self.network = network
+        self.fell_back = False  # this run (or the one it resumes) fell back from reduced precision to float32
+        self._buffers: list[torch.Tensor] = []
+
+    # -- state, saved in the epoch checkpoints
+    def state_dict(self) -> dict:
+        return {"fell_back": self.fell_back}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.fell_back = bool(state.get("fell_back", False))
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+        from monai.engines.utils import IterationEvents
+
+        engine.add_event_handler(Events.ITERATION_STARTED, self._snapshot)
+        engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self._check)
+
+    def _net(self, engine: Any) -> torch.nn.Module:
+        return self.network if self.network is not None else engine.network
+
+    def _snapshot(self, engine: Any) -> None:
+        inferer = engine.inferer
+        if self.fell_back and getattr(inferer, "can_fall_back", False) and inferer.precision != "fp32":
+            inferer.fall_back()  # a resumed run that had fallen back (state loaded at the start) stays in fp32
+            engine.amp = False
+            logger.info("training in float32: this run fell back from reduced precision before it was resumed")
+        bufs = [b for b in self._net(engine).buffers() if b is not None]
+        if len(self._buffers) != len(bufs):
+            self._buffers = [b.detach().clone() for b in bufs]
+        else:
+            torch._foreach_copy_(self._buffers, [b.detach() for b in bufs])
+
+    def _restore(self, engine: Any) -> None:
+        engine.optimizer.zero_grad(set_to_none=True)  # parameters without a gradient are left alone by step()
+        with torch.no_grad():
+            for saved, buf in zip(self._buffers, self._net(engine).buffers()):
+                buf.copy_(saved)
+
+    def _problems(self, engine: Any) -> tuple[list[str], bool]:
+        """What is non-finite in this step (empty when nothing), and whether the input batch itself is."""
+        from monai.utils import CommonKeys as Keys
+
+        out = engine.state.output
+        loss = out[Keys.LOSS]
+        problems = []
+        if _nonfinite([loss]):
+            problems.append(f"loss {float(loss.detach().float().mean())}")
+        net = self._net(engine)
+        if not (engine.amp and getattr(engine, "scaler", None) is not None):
+            grads = [p.grad for p in net.parameters() if p.grad is not None]
+            if (n := _nonfinite(grads)):
+                problems.append(f"{n} of {len(grads)} gradient tensors")
+        if (n := _nonfinite(list(net.buffers()))):
+            problems.append(f"{n} normalisation buffers")
+        bad_input = bool(problems) and _nonfinite([out[Keys.IMAGE]]) > 0
+        return problems, bad_input
+
+    @staticmethod
+    def _any_rank(engine: Any, bad: bool) -> bool:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return bad
+        flag = torch.tensor([float(bad)], device=engine.state.device if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _recompute(self, engine: Any) -> None:
+        """This iteration's forward, loss and backward again (after a fall-back to float32)."""
+        from monai.utils import CommonKeys as Keys
+
+        out = engine.state.output
+        out[Keys.PRED] = engine.inferer(out[Keys.IMAGE], engine.network)
+        out[Keys.LOSS] = engine.loss_function(out[Keys.PRED], out[Keys.LABEL]).mean()
+        acc = getattr(engine, "accumulation_steps", 1)
+        (out[Keys.LOSS] / acc if acc > 1 else out[Keys.LOSS]).backward()
+
+    def _check(self, engine: Any) -> None:
+        problems, bad_input = self._problems(engine)
+        if not self._any_rank(engine, bool(problems)):
+            return
+        self._restore(engine)
+        inferer = engine.inferer
+        precision = getattr(inferer, "precision", "fp32")
+        state = engine.state
+        batch = (state.iteration - 1) % state.epoch_length + 1 if state.epoch_length else state.iteration
+        import torch.distributed as dist
+
+        rank = f", rank {dist.get_rank()} of {dist.get_world_size()}" if dist.is_available() and dist.is_initialized() else ""
+        where = f"epoch {state.epoch}, iteration {batch}/{state.epoch_length} (step {state.iteration} of the run{rank})"
+        what = ", ".join(problems) or "another rank's step"
+        if getattr(inferer, "can_fall_back", False) and precision != "fp32" and not bad_input:
+            inferer.fall_back()
+            engine.amp = False  # CUDA: no float16 autocast or loss scaling from here on
+            self.fell_back = True
+            logger.warning("non-finite %s training at %s (%s non-finite; the update was not applied): precision "
+                           "'auto' falls back to float32 from the last good state and training goes on in float32 "
+                           "(saved with the checkpoints, so a resume stays in float32)", precision, where, what)
+            self._recompute(engine)
+            problems, bad_input = self._problems(engine)
+            if not self._any_rank(engine, bool(problems)):
+                return
+            self._restore(engine)
+            what, precision = ", ".join(problems) or "another rank's step", "fp32"
+        latest = latest_checkpoint(self.ckpt_dir) if self.ckpt_dir else None
+        last_good = (f"the latest checkpoint {latest} is the last good state: resume from it with --resume True"
+                     if latest else "no epoch had completed, so there is no checkpoint to resume from")
+        if bad_input:
+            advice = ("the input batch itself holds NaN or infinite values: check the dataset "
+                      "(monai-pipeline check DATASET) and its intensity transforms")
+        elif precision != "fp32":
+            advice = "train in float32 (--set train_precision=fp32), or lower the learning rate"
+        else:
+            advice = ("lower the learning rate (learning_rate), check the loss and its inputs, or resume from the "
+                      "last good checkpoint")
+        raise NonFiniteTrainingError(
+            f"training stopped: non-finite values in {precision} at {where}: {what}. The update was not "
+            f"applied; {last_good}. What to try: {advice}.", state.epoch, state.iteration, batch, precision)
+
+
+class ValidationState:
+    """The validation's memory across a resume: best metric, the best-model saver's record, early stopping.
+
+    Saved in each epoch checkpoint (``save_dict`` entry) so that after ``--resume`` the first validation only
+    replaces ``model.pt`` when it beats the best so far, and early stopping continues its patience count.
+
+    Args:
+        evaluator: the validation ``SupervisedEvaluator`` (its ``best_metric`` and ``best_metric_epoch``).
+        saver: the validation's key-metric ``CheckpointSaver`` (writes ``model.pt``).
+        early_stop: MONAI's ``EarlyStopHandler`` (its ignite ``EarlyStopping`` counter and best score).
+    """
+
+    def __init__(self, evaluator: Any = None, saver: Any = None, early_stop: Any = None) -> None:
+        self.evaluator, self.saver, self.early_stop = evaluator, saver, early_stop
+
+    def state_dict(self) -> dict:
+        state: dict[str, Any] = {}
+        if self.evaluator is not None:
+            state["best_metric"] = float(self.evaluator.state.best_metric)
+            state["best_metric_epoch"] = int(self.evaluator.state.best_metric_epoch)
+        keeper = getattr(self.saver, "_key_metric_checkpoint", None)
+        if keeper is not None:
+            state["best_saved"] = [[float(p), str(f)] for p, f in keeper.state_dict()["_saved"]]
+        stopper = getattr(self.early_stop, "_handler", None)
+        if stopper is not None:
+            best = stopper.best_score
+            state["early_stop"] = {"counter": int(stopper.counter), "best_score": None if best is None else float(best)}
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if self.evaluator is not None and "best_metric" in state:
+            self.evaluator.state.best_metric = state["best_metric"]
+            self.evaluator.state.best_metric_epoch = state["best_metric_epoch"]
+        keeper = getattr(self.saver, "_key_metric_checkpoint", None)
+        if keeper is not None and "best_saved" in state:
+            keeper.load_state_dict({"_saved": [tuple(item) for item in state["best_saved"]]})
+        stopper = getattr(self.early_stop, "_handler", None)
+        if stopper is not None and state.get("early_stop"):
+            stopper.counter = state["early_stop"]["counter"]
+            stopper.best_score = state["early_stop"]["best_score"]
+        logger.info("validation state restored: best %s at epoch %s, early-stop count %s", state.get("best_metric"),
+                    state.get("best_metric_epoch"), (state.get("early_stop") or {}).get("counter"))
 
 
 def init_distributed(backend: str | None = None, timeout_hours: float | None = None) -> torch.device:
