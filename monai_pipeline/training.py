@@ -220,11 +220,12 @@ class NonFiniteGuard:
         self.ckpt_dir = ckpt_dir
         self.network = network
         self.fell_back = False  # this run (or the one it resumes) fell back from reduced precision to float32
+        self.precision: str | None = None  # what the latest step ran in (fp32, bf16, fp16; fp16-amp: CUDA amp)
         self._buffers: list[torch.Tensor] = []
 
-    # -- state, saved in the epoch checkpoints
+    # -- state, saved in the epoch checkpoints (so a checkpoint says which precision trained it)
     def state_dict(self) -> dict:
-        return {"fell_back": self.fell_back}
+        return {"fell_back": self.fell_back, "precision": self.precision}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.fell_back = bool(state.get("fell_back", False))
@@ -245,6 +246,7 @@ class NonFiniteGuard:
             inferer.fall_back()  # a resumed run that had fallen back (state loaded at the start) stays in fp32
             engine.amp = False
             logger.info("training in float32: this run fell back from reduced precision before it was resumed")
+        self.precision = getattr(inferer, "precision", "fp16-amp" if engine.amp else "fp32")
         bufs = [b for b in self._net(engine).buffers() if b is not None]
         if len(self._buffers) != len(bufs):
             self._buffers = [b.detach().clone() for b in bufs]
@@ -313,7 +315,7 @@ class NonFiniteGuard:
         if getattr(inferer, "can_fall_back", False) and precision != "fp32" and not bad_input:
             inferer.fall_back()
             engine.amp = False  # CUDA: no float16 autocast or loss scaling from here on
-            self.fell_back = True
+            self.fell_back, self.precision = True, "fp32"
             logger.warning("non-finite %s training at %s (%s non-finite; the update was not applied): precision "
                            "'auto' falls back to float32 from the last good state and training goes on in float32 "
                            "(saved with the checkpoints, so a resume stays in float32)", precision, where, what)

@@ -35,6 +35,15 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_isa() -> list[str]:
+    """The CPU's vector and matrix extensions that matter to torch's kernels, from /proc/cpuinfo."""
+    from monai_pipeline.inference import _cpu_flags
+
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
+              "amx_int8", "amx_fp16")
+    return [f for f in wanted if f in _cpu_flags()]
+
+
 def machine_provenance(script: str, argv: list[str]) -> dict:
     """Where and how a result was made: the exact command, device, CPU, torch threads, git revision, date."""
     import shlex
@@ -52,6 +61,9 @@ def machine_provenance(script: str, argv: list[str]) -> dict:
         # the same model name can hide different instruction sets (a cloud "AMD EPYC" with or without
         # AVX512-BF16): what decides whether precision "auto" runs bf16, and how fast the kernels are
         "cpu_bf16_native": cpu_bf16_supported(),
+        # the instruction sets that decide which kernels run: AMX's bf16 kernels turned the nodule model's
+        # training to NaN where AVX512-BF16's did not (issue 14)
+        "cpu_isa": cpu_isa(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
         "git_rev": git_rev(),
@@ -68,12 +80,68 @@ def run_record(script: str, argv: list[str], ckpt_dir: Path, epochs_requested: i
     from monai_pipeline.training import latest_checkpoint
 
     last = latest_checkpoint(ckpt_dir)
-    state = torch.load(last, map_location="cpu", weights_only=True)["trainer"] if last else {}
+    ckpt = torch.load(last, map_location="cpu", weights_only=True) if last else {}
+    state = ckpt.get("trainer", {})
     epochs_done = int(state.get("iteration", 0) // max(1, state.get("epoch_length", 1))) if state else epochs_requested
+    guard = ckpt.get("nonfinite_guard") or {}
     return {
         "epochs": epochs_done,
         "epochs_requested": epochs_requested,
+        # what the training steps ran in, as the run's NonFiniteGuard saved it (None: a checkpoint from before
+        # it was saved), and whether train_precision auto fell back from bf16 to float32 on the way
+        "train_precision": guard.get("precision"),
+        "train_precision_fell_back": guard.get("fell_back"),
         "train_seconds_this_run": round(train_s, 1),
         "eval_seconds": round(eval_s, 1),
         **machine_provenance(script, argv),
+    }
+
+
+class PrecisionFallbacks:
+    """Counts, while in a ``with`` block, the inputs that ``precision auto`` segmented again in float32 because
+    its bf16 (fp16) answer failed the check against float32 (PrecisionInferer logs one line for each)."""
+
+    def __enter__(self) -> "PrecisionFallbacks":
+        import logging
+
+        class _Count(logging.Handler):
+            def __init__(self) -> None:
+                super().__init__(logging.INFO)
+                self.reasons: list[str] = []
+
+            def emit(self, record: logging.LogRecord) -> None:
+                message = record.getMessage()
+                if message.startswith("precision auto:"):
+                    self.reasons.append(message)
+
+        self._handler = _Count()
+        logging.getLogger("monai_pipeline.inference").addHandler(self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import logging
+
+        logging.getLogger("monai_pipeline.inference").removeHandler(self._handler)
+
+    @property
+    def reasons(self) -> list[str]:
+        return self._handler.reasons
+
+
+def eval_precision(overrides: dict, fallbacks: "PrecisionFallbacks", cases: int) -> dict:
+    """How an evaluation ran: the precision asked for and resolved on this machine, whether reduced precision
+    was checked against float32, and for how many of ``cases`` inputs it was replaced by float32."""
+    from monai_pipeline.inference import resolve_precision
+    from monai_pipeline.training import default_device
+
+    asked = overrides.get("precision", "auto")
+    resolved = resolve_precision(asked, default_device())
+    verify = overrides.get("verify_precision")
+    checked = resolved != "fp32" and (asked == "auto" if verify is None else bool(verify))
+    return {
+        "eval_precision_requested": asked,
+        "eval_precision": resolved,
+        "eval_precision_checked": checked,
+        "eval_inputs_redone_in_fp32": len(fallbacks.reasons) if checked else 0,
+        "eval_inputs": cases,
     }

@@ -128,6 +128,7 @@ def main(argv=None) -> int:
                       "label > 0, Dice per volume in the source geometry",
         "bundle_overrides": extra,
         **run_record("benchmark_lgg.py", list(argv or sys.argv[1:]), work / "models", args.epochs, train_s, eval_s),
+        "eval_precision": "fp32",  # the brain bundle's inference has no reduced-precision path
         "per_patient": [{"patient": Path(r["filename"]).parent.name, "dice": round(r["dice"], 4)} for r in rows],
     }
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")

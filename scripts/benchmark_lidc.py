@@ -32,7 +32,7 @@ from monai_pipeline.io import atomic_write_text  # noqa: E402
 from monai_pipeline.training import latest_checkpoint  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from _provenance import run_record  # noqa: E402
+from _provenance import PrecisionFallbacks, eval_precision, run_record  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -66,7 +66,8 @@ def main(argv=None) -> int:
                    **overrides)
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    run_bundle("lung", "evaluate", overlay, output_dir=str(work / "test"), save_predictions=False, **overrides)
+    with PrecisionFallbacks() as fallbacks:
+        run_bundle("lung", "evaluate", overlay, output_dir=str(work / "test"), save_predictions=False, **overrides)
     eval_s = time.perf_counter() - t1
 
     rows = [(r["case"], r["dice"]) for r in read_metric_details(work / "test" / "val_mean_dice_raw.csv")]
@@ -95,6 +96,7 @@ def main(argv=None) -> int:
         "fraction_dice_ge_0.85": sum(d >= 0.85 for d in dice) / len(dice),
         "metric": "Dice per nodule (foreground), in each crop's source geometry after Invertd",
         **run_record("benchmark_lidc.py", list(argv or sys.argv[1:]), work / "models", args.epochs, train_s, eval_s),
+        **eval_precision(overrides, fallbacks, len(rows)),
         "per_nodule": [{"case": n, "dice": round(d, 4)} for n, d in rows],
     }
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
