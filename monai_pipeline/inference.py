@@ -644,7 +644,8 @@ class PrecisionInferer(Inferer):
             return "no foreground in float32 in its most confident window, so nothing proves it"
         diff = float((p_low - p_high).abs().max())
         if diff > self.verify_tolerance:
-            return f"foreground probability off by up to {diff:.3f} (> {self.verify_tolerance}) in its most confident window"
+            return (f"foreground probability off by up to {diff:.3f} (> {self.verify_tolerance}) in its most "
+                    "confident window")
         return None
 
     def __repr__(self) -> str:

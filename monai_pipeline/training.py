@@ -251,7 +251,9 @@ class NonFiniteGuard:
         if len(self._buffers) != len(bufs):
             self._buffers = [b.detach().clone() for b in bufs]
         else:
-            torch._foreach_copy_(self._buffers, [b.detach() for b in bufs])
+            with torch.no_grad():
+                for saved, buf in zip(self._buffers, bufs):
+                    saved.copy_(buf)
 
     def _restore(self, engine: Any) -> None:
         engine.optimizer.zero_grad(set_to_none=True)  # parameters without a gradient are left alone by step()
@@ -279,14 +281,16 @@ class NonFiniteGuard:
         return problems, bad_input
 
     @staticmethod
-    def _any_rank(engine: Any, bad: bool) -> bool:
+    def _any_rank(engine: Any, *flags: bool) -> list[bool]:
+        """Each flag, true when it is true on any rank (one all-reduce; the flags as given without torchrun)."""
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()):
-            return bad
-        flag = torch.tensor([float(bad)], device=engine.state.device if dist.get_backend() == "nccl" else "cpu")
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+            return list(flags)
+        device = engine.state.device if dist.get_backend() == "nccl" else "cpu"
+        both = torch.tensor([float(f) for f in flags], device=device)
+        dist.all_reduce(both, op=dist.ReduceOp.MAX)
+        return [bool(v) for v in both.tolist()]
 
     def _recompute(self, engine: Any) -> None:
         """This iteration's forward, loss and backward again (after a fall-back to float32)."""
@@ -300,7 +304,8 @@ class NonFiniteGuard:
 
     def _check(self, engine: Any) -> None:
         problems, bad_input = self._problems(engine)
-        if not self._any_rank(engine, bool(problems)):
+        bad, bad_input = self._any_rank(engine, bool(problems), bad_input)  # every rank decides the same
+        if not bad:
             return
         self._restore(engine)
         inferer = engine.inferer
@@ -309,7 +314,8 @@ class NonFiniteGuard:
         batch = (state.iteration - 1) % state.epoch_length + 1 if state.epoch_length else state.iteration
         import torch.distributed as dist
 
-        rank = f", rank {dist.get_rank()} of {dist.get_world_size()}" if dist.is_available() and dist.is_initialized() else ""
+        distributed = dist.is_available() and dist.is_initialized()
+        rank = f", rank {dist.get_rank()} of {dist.get_world_size()}" if distributed else ""
         where = f"epoch {state.epoch}, iteration {batch}/{state.epoch_length} (step {state.iteration} of the run{rank})"
         what = ", ".join(problems) or "another rank's step"
         if getattr(inferer, "can_fall_back", False) and precision != "fp32" and not bad_input:
@@ -321,7 +327,8 @@ class NonFiniteGuard:
                            "(saved with the checkpoints, so a resume stays in float32)", precision, where, what)
             self._recompute(engine)
             problems, bad_input = self._problems(engine)
-            if not self._any_rank(engine, bool(problems)):
+            bad, bad_input = self._any_rank(engine, bool(problems), bad_input)
+            if not bad:
                 return
             self._restore(engine)
             what, precision = ", ".join(problems) or "another rank's step", "fp32"
