@@ -144,3 +144,35 @@ def test_train_precision_comparison_quick_run(tmp_path):
     fp32, bf16 = result["summary"]["fp32"], result["summary"]["bf16"]
     assert fp32["failed_runs"] == bf16["failed_runs"] == 0
     assert abs(fp32["mean_dice"] - bf16["mean_dice"]) <= 0.02
+
+
+# ---------------------------------------------------------------- bf16 on real nodules and on this CPU's kernels
+def test_committed_bf16_check_on_nodules_is_consistent():
+    """``scripts/benchmark_bf16_check.py``: the same nodules in each setting, summaries that follow from the rows,
+    the machine's instruction sets and the model's training precision recorded."""
+    keys = {"settings", "n_nodules", "cpu_isa", "train_precision", "command", "git_rev"}
+    for result in committed_results("bf16_check_nodules_*.json", keys, "bf16 check on nodules"):
+        settings = result["settings"]
+        assert set(settings) == {"fp32", "auto", "bf16"}
+        ref = settings["fp32"]["per_nodule"]
+        assert len(ref) == result["n_nodules"] and settings["fp32"]["eval_precision"] == "fp32"
+        for name, s in settings.items():
+            rows = s["per_nodule"]
+            assert set(rows) == set(ref) and s["eval_inputs"] == len(rows)
+            assert abs(sum(rows.values()) / len(rows) - s["mean_dice"]) < 1e-3
+            assert s["nodules_below_0.1"] == sum(d < 0.1 for d in rows.values())
+            assert s["eval_inputs_redone_in_fp32"] == len(s["redone_reasons"])
+        assert settings["auto"]["eval_precision_checked"] and not settings["bf16"]["eval_precision_checked"]
+        assert "scripts/benchmark_bf16_check.py" in result["command"] and len(result["git_rev"]) >= 40
+
+
+def test_committed_bf16_kernel_check_is_consistent():
+    keys = {"variants", "any_failed", "cpu_isa", "torch_cpu_capability", "command", "git_rev"}
+    for result in committed_results("bf16_kernels_*.json", keys, "bf16 kernel check"):
+        ran = [v for v in result["variants"] if "steps" in v]
+        assert ran and result["any_failed"] == any(v["failed"] for v in ran)
+        for v in ran:
+            nonfinite = any(s["nonfinite_grads"] or not abs(s["loss"]) < float("inf") for s in v["steps"])
+            assert v["failed"] == nonfinite, v
+        assert any(v.get("onednn_convolution_implementations") for v in ran)
+        assert "scripts/bf16_kernel_check.py" in result["command"]

@@ -15,9 +15,9 @@ the first includes loading the crops into the cache), and (``auto``) how many no
 and why. On a CPU whose bf16 kernels are sound this measures what the check costs; on one whose kernels are
 not (issue 14: AMX), what it saves.
 
-    .venv/bin/python scripts/benchmark_precision.py --work runs/lidc
+    .venv/bin/python scripts/benchmark_bf16_check.py --work runs/lidc
 
-Writes ``benchmarks/results/precision_lidc_<cpu>.json`` (command, device, CPU and its instruction sets, git
+Writes ``benchmarks/results/bf16_check_nodules_<cpu>.json`` (command, device, CPU and its instruction sets, git
 revision, the model's training precision).
 """
 
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "lidc_nodules"))
     ap.add_argument("--work", default=str(ROOT / "runs" / "lidc"), help="benchmark_lidc.py's --work (models/ inside)")
     ap.add_argument("--seed", type=int, default=0, help="the split's seed (as benchmark_lidc.py was run)")
-    ap.add_argument("--out", help="result file (default benchmarks/results/precision_lidc_<cpu>.json)")
+    ap.add_argument("--out", help="result file (default benchmarks/results/bf16_check_nodules_<cpu>.json)")
     ap.add_argument("--repeats", type=int, default=2, help="runs of each setting; the fastest time is kept")
     args = ap.parse_args(argv)
 
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         return 2
     isa = cpu_isa()
     tag = "amx" if "amx_bf16" in isa else "avx512bf16" if "avx512_bf16" in isa else "nobf16"
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"precision_lidc_{tag}.json"
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"bf16_check_nodules_{tag}.json"
     overlay = [str(ROOT / "configs" / "lidc_nodules.json")]
     base = dict(dataset_dir=str(data.resolve()), ckpt_dir=str(work / "models"), seed=args.seed)
 
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
         "check": "PrecisionInferer: the window on the most confident foreground voxel run both ways at the sliding "
                  "window's batch size; kept when finite, float32 finds foreground there, and foreground "
                  "probabilities agree within 0.1 at every voxel",
-        **run_record("benchmark_precision.py", list(argv or sys.argv[1:]), work / "models", 0, 0.0,
+        **run_record("benchmark_bf16_check.py", list(argv or sys.argv[1:]), work / "models", 0, 0.0,
                      sum(r["seconds"] for r in summary.values())),
         "settings": summary,
     }
