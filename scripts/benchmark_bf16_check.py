@@ -13,7 +13,8 @@ For each it records the Dice of every nodule, the mean, how many nodules fall be
 more than 0.05 from float32, the evaluation's wall time (the fastest of ``--repeats`` runs, taken in turn;
 the first includes loading the crops into the cache), and (``auto``) how many nodules were redone in float32
 and why. On a CPU whose bf16 kernels are sound this measures what the check costs; on one whose kernels are
-not (issue 14: AMX), what it saves.
+not (issue 14: AMX), what it saves. Then it times the check on a whole-CT-sized input against the bf16 pass it
+checks (:func:`ct_check_cost`).
 
     .venv/bin/python scripts/benchmark_bf16_check.py --work runs/lidc
 
@@ -43,6 +44,43 @@ from monai_pipeline.io import atomic_write_text  # noqa: E402
 SETTINGS = {"fp32": {"precision": "fp32"}, "auto": {"precision": "auto"}, "bf16": {"precision": "bf16"}}
 
 
+def ct_check_cost(shape=(208, 160, 150), repeats: int = 3) -> dict:
+    """What the check costs on a whole CT, against the bf16 sliding-window pass it checks: the lung bundle's
+    network (random weights: only time is measured) and windows (96 x 96 x 64, 4 per batch, overlap 0.5) on
+    an input of ``shape`` voxels, about a 512 x 512 x 300 CT at 0.7 x 0.7 x 1.0 mm cropped to the lungs and
+    resampled to 1.5 x 1.5 x 2.0 mm. Fastest of ``repeats`` each."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from monai_pipeline.bundles import bundle_configs
+    from monai_pipeline.inference import PrecisionInferer
+
+    parser = ConfigParser()
+    parser.read_config(bundle_configs("lung", "inference"))
+    parser.update({"device": "$torch.device('cpu')"})
+    net = parser.get_parsed_content("network_def").eval()
+    sw = parser.get_parsed_content("sw_inferer")
+    inferer = PrecisionInferer(sw, "bf16", channels_last=True, verify=True)
+    x = torch.rand(1, 1, *shape)
+    runner = inferer._network(net)
+    times: dict[str, list[float]] = {"bf16_pass": [], "check": []}
+    with torch.no_grad():
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            with inferer._autocast("cpu"):
+                out = sw(x, runner)
+            times["bf16_pass"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            inferer._disproved(x, runner, out.float(), (), {})
+            times["check"].append(time.perf_counter() - t0)
+    best = {k: round(min(v), 2) for k, v in times.items()}
+    return {"input_voxels": list(shape), "window": list(sw.roi_size), "sw_batch_size": sw.sw_batch_size,
+            "overlap": sw.overlap, "bf16_pass_seconds": best["bf16_pass"], "check_seconds": best["check"],
+            "check_over_pass": round(best["check"] / best["bf16_pass"], 3),
+            "note": "random weights: times only; the check is one batch of sw_batch_size copies of a window in "
+                    "bf16 and the window alone in float32"}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "lidc_nodules"))
@@ -50,7 +88,21 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="the split's seed (as benchmark_lidc.py was run)")
     ap.add_argument("--out", help="result file (default benchmarks/results/bf16_check_nodules_<cpu>.json)")
     ap.add_argument("--repeats", type=int, default=2, help="runs of each setting; the fastest time is kept")
+    ap.add_argument("--ct-only", action="store_true",
+                    help="only time the check on a whole-CT-sized input and add it to the existing result")
     args = ap.parse_args(argv)
+    if args.ct_only:  # add the whole-CT cost to an existing result
+        from _provenance import cpu_isa, machine_provenance
+
+        isa = cpu_isa()
+        tag = "amx" if "amx_bf16" in isa else "avx512bf16" if "avx512_bf16" in isa else "nobf16"
+        out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"bf16_check_nodules_{tag}.json"
+        result = json.loads(out.read_text())
+        result["check_cost_whole_ct"] = {**ct_check_cost(), **machine_provenance("benchmark_bf16_check.py",
+                                                                                 list(argv or sys.argv[1:]))}
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result["check_cost_whole_ct"], indent=2))
+        return 0
 
     from _provenance import cpu_isa
 
@@ -110,6 +162,7 @@ def main(argv=None) -> int:
         **run_record("benchmark_bf16_check.py", list(argv or sys.argv[1:]), work / "models", 0, 0.0,
                      sum(r["seconds"] for r in summary.values())),
         "settings": summary,
+        "check_cost_whole_ct": ct_check_cost(),
     }
     for key in ("epochs_requested", "train_seconds_this_run"):
         result.pop(key, None)
