@@ -522,9 +522,10 @@ class PrecisionInferer(Inferer):
     all-background window proves nothing, so it never passes unless ``verify_background``), and the
     foreground probabilities differ by at most ``verify_tolerance`` at every voxel of the window. Otherwise
     the input is segmented again in float32, with one log line saying why. ``checked`` counts inputs kept
-    in reduced precision and inputs redone in float32. The check costs one window batch in reduced precision
-    and one window in float32 per input (measured in the lung bundle's docs); a rejected input costs a
-    float32 run more.
+    in reduced precision, inputs redone in float32, and small inputs run in float32 directly: the check costs
+    one window batch in reduced precision and one window in float32 per input (measured in the lung bundle's
+    docs), more than a float32 run of an input of at most ``sw_batch_size + 2`` windows, which therefore runs
+    in float32 straight away (one log line says so). A rejected input costs a float32 run more.
 
     Args:
         inferer: the inferer to wrap (``SlidingWindowInferer``, ``SimpleInferer``...).
@@ -556,7 +557,8 @@ class PrecisionInferer(Inferer):
         self.verify = (precision == "auto" and not training) if verify is None else bool(verify)
         self.verify_tolerance = float(verify_tolerance)
         self.verify_background = bool(verify_background)
-        self.checked = {"kept": 0, "fp32": 0}
+        self.checked = {"kept": 0, "fp32": 0, "fp32_direct": 0}
+        self._said_direct = False
         self._converted: set[int] = set()
 
     @property
@@ -593,6 +595,14 @@ class PrecisionInferer(Inferer):
         net = self._network(network)
         if self.precision == "fp32":
             return _to_float(self.inferer(inputs, net, *args, **kwargs))
+        if self.verify and (windows := self._windows(inputs)) <= self._worth_checking():
+            self.checked["fp32_direct"] += 1  # the check would cost more than the float32 run it could save
+            if not self._said_direct:
+                self._said_direct = True
+                logger.info("precision auto: inputs of up to %d sliding windows (this one: %d) run in float32 "
+                            "directly: checking %s against float32 would cost more than float32 itself",
+                            self._worth_checking(), windows, self.precision)
+            return _to_float(self.inferer(inputs, net, *args, **kwargs))
         with self._autocast(inputs.device.type):
             out = _to_float(self.inferer(inputs, net, *args, **kwargs))
         if not self.verify:
@@ -605,12 +615,36 @@ class PrecisionInferer(Inferer):
         logger.info("precision auto: %s not used for this input (%s); segmented in float32", self.precision, reason)
         return _to_float(self.inferer(inputs, net, *args, **kwargs))
 
+    def _roi(self, spatial: Sequence[int]) -> list[int]:
+        roi = getattr(self.inferer, "roi_size", None) or spatial
+        return [s if (r is None or int(r) <= 0) else int(r) for r, s in zip(roi, spatial)]
+
+    def _windows(self, inputs: torch.Tensor) -> int:
+        """How many windows the wrapped inferer runs over ``inputs`` (as MONAI's sliding window places them;
+        1 for an inferer without ``roi_size``)."""
+        if getattr(self.inferer, "roi_size", None) is None:
+            return 1
+        overlap = getattr(self.inferer, "overlap", 0.25)
+        count = 1
+        for r, s in zip(self._roi(inputs.shape[2:]), inputs.shape[2:]):
+            s = max(s, r)  # the sliding window pads a smaller input up to the window
+            overlap_d = overlap[0] if isinstance(overlap, Sequence) else overlap  # per-dim overlap: the first
+            step = r if r == s else max(1, int(r * (1 - overlap_d)))
+            count *= 1 if s <= r else -(-(s - r) // step) + 1
+        return count
+
+    def _worth_checking(self) -> int:
+        """The most windows an input may have and still run in float32 directly. Checking costs one window batch
+        in reduced precision and one float32 window on top of the reduced-precision pass; float32 windows take
+        about twice as long as bf16 ones (AVX512-BF16), so below ``sw_batch_size + 2`` windows the float32 run is
+        the cheaper way to the float32 answer (LIDC's nodule crops, SimpleInferer's whole inputs)."""
+        return max(1, int(getattr(self.inferer, "sw_batch_size", 1))) + 2
+
     def _window(self, image: torch.Tensor, centre: Sequence[int]) -> torch.Tensor:
         """The ``roi_size`` window of ``image`` (1, C, *spatial) around ``centre``, padded as the sliding
         window pads an input smaller than the window (symmetrically, with zeros)."""
         spatial = image.shape[2:]
-        roi = getattr(self.inferer, "roi_size", None) or spatial
-        roi = [s if (r is None or int(r) <= 0) else int(r) for r, s in zip(roi, spatial)]
+        roi = self._roi(spatial)
         index = [slice(None), slice(None)]
         pad: list[int] = []
         for c, r, s in zip(centre, roi, spatial):

@@ -239,17 +239,19 @@ def test_auto_inference_keeps_bf16_only_where_it_gives_the_float32_answer(native
     good, sw = _auto_inferer()
     ref = sw(_volume(), _threshold_net())
     out = good(_volume(), _threshold_net())
-    assert good.checked == {"kept": 1, "fp32": 0}  # agrees with float32 where it finds the tumour: bf16 kept
+    # agrees with float32 where it finds the tumour: bf16 kept
+    assert good.checked == {"kept": 1, "fp32": 0, "fp32_direct": 0}
     assert torch.equal(out.argmax(1), ref.argmax(1)) and not torch.equal(out, ref)  # really bf16
     for broken in (BreaksInBf16(_threshold_net()), BreaksInBf16(_threshold_net(), zero=True)):  # NaN; all background
         inferer, _ = _auto_inferer()
-        assert torch.equal(inferer(_volume(), broken), ref) and inferer.checked == {"kept": 0, "fp32": 1}
+        assert torch.equal(inferer(_volume(), broken), ref)
+        assert inferer.checked == {"kept": 0, "fp32": 1, "fp32_direct": 0}
 
     # a failure that hits some cases only: bright tumours come out as background in bf16, dim ones do not
     picky = BreaksInBf16(_threshold_net(), zero=True, above=1.5)
     inferer, _ = _auto_inferer()
     dim, bright = inferer(_volume(1.0), picky), inferer(_volume(2.0), picky)
-    assert inferer.checked == {"kept": 1, "fp32": 1}
+    assert inferer.checked == {"kept": 1, "fp32": 1, "fp32_direct": 0}
     assert torch.equal(bright, sw(_volume(2.0), _threshold_net())) and bright.argmax(1).sum() == 8 * 7 * 6
     assert torch.equal(dim.argmax(1), ref.argmax(1))
 
@@ -258,10 +260,29 @@ def test_an_all_background_check_never_proves_bf16_unless_asked(native_bf16):
     inferer, sw = _auto_inferer()
     ref = sw(_volume(blob=False), _threshold_net())
     assert torch.equal(inferer(_volume(blob=False), _threshold_net()), ref)
-    assert inferer.checked == {"kept": 0, "fp32": 1}
+    assert inferer.checked == {"kept": 0, "fp32": 1, "fp32_direct": 0}
     lenient, _ = _auto_inferer(verify_background=True)
     lenient(_volume(blob=False), _threshold_net())
-    assert lenient.checked == {"kept": 1, "fp32": 0}
+    assert lenient.checked == {"kept": 1, "fp32": 0, "fp32_direct": 0}
+
+
+def test_small_inputs_run_in_float32_directly(native_bf16):
+    """Up to sw_batch_size + 2 windows the check would cost more than float32 itself: float32 straight away."""
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    from faulty import BreaksInBf16
+
+    inferer, sw = _auto_inferer()
+    for shape in [(16, 16, 8), (20, 16, 8), (40, 36, 20), (17, 30, 9), (100, 16, 8)]:  # windows as MONAI places them
+        scan = _get_scan_interval(shape, sw.roi_size, 3, (sw.overlap,) * 3)
+        assert inferer._windows(torch.zeros(1, 1, *shape)) == len(dense_patch_slices(shape, sw.roi_size, scan)), shape
+    small = torch.zeros(1, 1, 20, 16, 8)
+    small[..., 5:12, 5:12, 2:6] = 1.0
+    assert inferer._windows(small) == 2 <= inferer._worth_checking() == 4
+    broken = BreaksInBf16(_threshold_net(), zero=True)
+    assert torch.equal(inferer(small, broken), sw(small, _threshold_net()))
+    assert inferer.checked == {"kept": 0, "fp32": 0, "fp32_direct": 1}
 
 
 def test_auto_training_precision_by_cpu(monkeypatch):
