@@ -597,6 +597,7 @@ class PrecisionInferer(Inferer):
             return _to_float(self.inferer(inputs, net, *args, **kwargs))
         if self.verify and (windows := self._windows(inputs)) <= self._worth_checking():
             self.checked["fp32_direct"] += 1  # the check would cost more than the float32 run it could save
+            logger.debug("precision auto: float32 directly for an input of %d windows", windows)
             if not self._said_direct:
                 self._said_direct = True
                 logger.info("precision auto: inputs of up to %d sliding windows (this one: %d) run in float32 "

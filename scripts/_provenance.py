@@ -99,33 +99,44 @@ def run_record(script: str, argv: list[str], ckpt_dir: Path, epochs_requested: i
 
 class PrecisionFallbacks:
     """Counts, while in a ``with`` block, the inputs that ``precision auto`` segmented again in float32 because
-    its bf16 (fp16) answer failed the check against float32 (PrecisionInferer logs one line for each)."""
+    its bf16 (fp16) answer failed the check against float32, and those it ran in float32 directly because they
+    were too small for the check to pay (PrecisionInferer logs a line for each; the second kind at debug level,
+    which this block lets through on its logger)."""
 
     def __enter__(self) -> "PrecisionFallbacks":
         import logging
 
         class _Count(logging.Handler):
             def __init__(self) -> None:
-                super().__init__(logging.INFO)
+                super().__init__(logging.DEBUG)
                 self.reasons: list[str] = []
+                self.direct = 0
 
             def emit(self, record: logging.LogRecord) -> None:
                 message = record.getMessage()
-                if message.startswith("precision auto:"):
+                if message.startswith("precision auto:") and "not used for this input" in message:
                     self.reasons.append(message)
+                elif message.startswith("precision auto: float32 directly"):
+                    self.direct += 1
 
         self._handler = _Count()
-        logging.getLogger("monai_pipeline.inference").addHandler(self._handler)
+        self._logger = logging.getLogger("monai_pipeline.inference")
+        self._level = self._logger.level
+        self._logger.addHandler(self._handler)
+        self._logger.setLevel(logging.DEBUG)
         return self
 
     def __exit__(self, *exc) -> None:
-        import logging
-
-        logging.getLogger("monai_pipeline.inference").removeHandler(self._handler)
+        self._logger.removeHandler(self._handler)
+        self._logger.setLevel(self._level)
 
     @property
     def reasons(self) -> list[str]:
         return self._handler.reasons
+
+    @property
+    def direct(self) -> int:
+        return self._handler.direct
 
 
 def eval_precision(overrides: dict, fallbacks: "PrecisionFallbacks", cases: int) -> dict:
@@ -143,5 +154,6 @@ def eval_precision(overrides: dict, fallbacks: "PrecisionFallbacks", cases: int)
         "eval_precision": resolved,
         "eval_precision_checked": checked,
         "eval_inputs_redone_in_fp32": len(fallbacks.reasons) if checked else 0,
+        "eval_inputs_fp32_directly": fallbacks.direct if checked else 0,  # too small for the check to pay
         "eval_inputs": cases,
     }
