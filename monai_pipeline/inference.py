@@ -637,7 +637,7 @@ class PrecisionInferer(Inferer):
     def _worth_checking(self) -> int:
         """The most windows an input may have and still run in float32 directly. Checking costs one window batch
         in reduced precision and one float32 window on top of the reduced-precision pass; float32 windows take
-        about twice as long as bf16 ones (AVX512-BF16), so below ``sw_batch_size + 2`` windows the float32 run is
+        about twice as long as bf16 ones (AVX512-BF16), so up to ``sw_batch_size + 2`` windows the float32 run is
         the cheaper way to the float32 answer (LIDC's nodule crops, SimpleInferer's whole inputs)."""
         return max(1, int(getattr(self.inferer, "sw_batch_size", 1))) + 2
 
@@ -673,10 +673,9 @@ class PrecisionInferer(Inferer):
             high = net(window, *args, **kwargs)  # the reference: float32 is trusted at any batch size
         if not (isinstance(low, torch.Tensor) and isinstance(high, torch.Tensor)):
             return "a network output that cannot be checked"
-        low = low[:1]
         if not bool(torch.isfinite(low).all()):
             return "non-finite output in the check window"
-        p_low, p_high = _foreground(low), _foreground(high)
+        p_low, p_high = _foreground(low), _foreground(high)  # (n, ...) against (1, ...): every copy is compared
         if float(p_high.max()) < 0.5 and not self.verify_background:
             return "no foreground in float32 in its most confident window, so nothing proves it"
         diff = float((p_low - p_high).abs().max())

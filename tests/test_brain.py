@@ -61,14 +61,26 @@ def _tif(path: Path, arr: np.ndarray) -> Path:
 # ------------------------------------------------------------------------------------------- loaders
 def test_real_lgg_layout_reads_per_patient(tmp_path):
     root = shared("lgg_kaggle_3m")
+    stated = _lgg_source_table(root / "SOURCE.md")  # the data grows: the counts follow its own record
+    assert len(stated) >= 35
     items = lgg_datalist(root)
-    assert len(items) == 35 and sum(len(d["image"]) for d in items) == 932
+    assert {d["case_id"]: len(d["image"]) for d in items} == {k: v[0] for k, v in stated.items()}
     first = next(d for d in items if d["case_id"] == "TCGA_CS_4942_19970222")
     assert [Path(f).name for f in first["image"][:3]] == [f"TCGA_CS_4942_19970222_{n}.tif" for n in (1, 2, 3)]
     assert all(Path(lab).name == Path(img).name.replace(".tif", "_mask.tif") for img, lab in zip(first["image"], first["label"]))
     assert read_slice(first["image"][0]).shape == (256, 256, 3)
-    n_tumour = sum(int(read_slice(lab, mask=True).any()) for d in items for lab in d["label"])
-    assert n_tumour == 306  # as the dataset's SOURCE.md states
+    tumour = {d["case_id"]: sum(int(read_slice(lab, mask=True).any()) for lab in d["label"]) for d in items}
+    assert tumour == {k: v[1] for k, v in stated.items()}  # slices with tumour, patient by patient
+
+
+def _lgg_source_table(source: Path) -> dict[str, tuple[int, int]]:
+    """``{patient folder: (slices, slices with tumour)}`` from the patient tables of the dataset's SOURCE.md."""
+    rows = {}
+    for line in source.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("TCGA_") and cells[2].isdigit() and cells[3].isdigit():
+            rows[cells[0]] = (int(cells[2]), int(cells[3]))
+    return rows
 
 
 def test_splits_are_by_patient(brain_slices):
