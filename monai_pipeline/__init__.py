@@ -7,6 +7,15 @@ Stages (one module each, data flowing one way): :mod:`data` -> :mod:`transforms`
 
 __version__ = "0.1.0"
 
-from monai_pipeline import data, evaluation, export, io, networks, training, transforms  # noqa: E402,F401
+_STAGES = ("anatomy", "bundles", "check", "cli", "data", "demo", "evaluation", "export", "inference", "io", "networks",
+           "report", "synthetic", "training", "transforms", "visualize")
 
-# `inference`, `bundles`, `demo`, `synthetic` and `cli` are imported on use
+
+def __getattr__(name: str):
+    """Import a stage on first use (``monai_pipeline.training.train`` after ``import monai_pipeline``, as bundle
+    configs write it), so that importing the package, and ``monai-pipeline --help``, does not import MONAI."""
+    if name in _STAGES:
+        import importlib
+
+        return importlib.import_module(f"monai_pipeline.{name}")
+    raise AttributeError(f"module 'monai_pipeline' has no attribute {name!r}")

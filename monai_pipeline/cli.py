@@ -370,16 +370,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from monai_pipeline.data import DataError
     from monai_pipeline.io import FolderLockedError
-    from monai_pipeline.training import NONFINITE_EXIT_CODE, NonFiniteTrainingError
 
     try:
         return int(args.func(args) or 0)
     except (DataError, FileNotFoundError, FolderLockedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except NonFiniteTrainingError as err:
+    except RuntimeError as err:
+        # errors that carry their own exit code (training.NonFiniteTrainingError: 4), caught without importing
+        # the training stage for every command
+        if not isinstance(getattr(err, "exit_code", None), int):
+            raise
         print(f"error: {err}", file=sys.stderr)
-        return NONFINITE_EXIT_CODE
+        return err.exit_code
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
             raise
