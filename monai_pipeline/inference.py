@@ -591,10 +591,16 @@ class PrecisionInferer(Inferer):
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=device_type, dtype=dtype)
 
+    def _fp32(self, inputs: torch.Tensor, net: Callable, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped inferer in float32, even inside a caller's autocast (MONAI's engines autocast the whole
+        inferer call when ``amp`` is on)."""
+        with torch.autocast(device_type=inputs.device.type, enabled=False):
+            return _to_float(self.inferer(inputs, net, *args, **kwargs))
+
     def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> Any:
         net = self._network(network)
         if self.precision == "fp32":
-            return _to_float(self.inferer(inputs, net, *args, **kwargs))
+            return self._fp32(inputs, net, *args, **kwargs)
         if self.verify and (windows := self._windows(inputs)) <= self._worth_checking():
             self.checked["fp32_direct"] += 1  # the check would cost more than the float32 run it could save
             logger.debug("precision auto: float32 directly for an input of %d windows", windows)
@@ -603,7 +609,7 @@ class PrecisionInferer(Inferer):
                 logger.info("precision auto: inputs of up to %d sliding windows (this one: %d) run in float32 "
                             "directly: checking %s against float32 would cost more than float32 itself",
                             self._worth_checking(), windows, self.precision)
-            return _to_float(self.inferer(inputs, net, *args, **kwargs))
+            return self._fp32(inputs, net, *args, **kwargs)
         with self._autocast(inputs.device.type):
             out = _to_float(self.inferer(inputs, net, *args, **kwargs))
         if not self.verify:
@@ -614,10 +620,13 @@ class PrecisionInferer(Inferer):
             return out
         self.checked["fp32"] += 1
         logger.info("precision auto: %s not used for this input (%s); segmented in float32", self.precision, reason)
-        return _to_float(self.inferer(inputs, net, *args, **kwargs))
+        return self._fp32(inputs, net, *args, **kwargs)
 
     def _roi(self, spatial: Sequence[int]) -> list[int]:
+        from monai.utils import ensure_tuple_rep
+
         roi = getattr(self.inferer, "roi_size", None) or spatial
+        roi = ensure_tuple_rep(roi, len(spatial))  # MONAI takes one int for every dimension too
         return [s if (r is None or int(r) <= 0) else int(r) for r, s in zip(roi, spatial)]
 
     def _windows(self, inputs: torch.Tensor) -> int:
@@ -625,12 +634,14 @@ class PrecisionInferer(Inferer):
         1 for an inferer without ``roi_size``)."""
         if getattr(self.inferer, "roi_size", None) is None:
             return 1
-        overlap = getattr(self.inferer, "overlap", 0.25)
+        from monai.utils import ensure_tuple_rep
+
+        spatial = inputs.shape[2:]
+        overlaps = ensure_tuple_rep(getattr(self.inferer, "overlap", 0.25), len(spatial))
         count = 1
-        for r, s in zip(self._roi(inputs.shape[2:]), inputs.shape[2:]):
+        for r, s, overlap in zip(self._roi(spatial), spatial, overlaps):
             s = max(s, r)  # the sliding window pads a smaller input up to the window
-            overlap_d = overlap[0] if isinstance(overlap, Sequence) else overlap  # per-dim overlap: the first
-            step = r if r == s else max(1, int(r * (1 - overlap_d)))
+            step = r if r == s else max(1, int(r * (1 - overlap)))
             count *= 1 if s <= r else -(-(s - r) // step) + 1
         return count
 
@@ -670,7 +681,8 @@ class PrecisionInferer(Inferer):
         with torch.no_grad():
             with self._autocast(inputs.device.type):
                 low = net(batch, *args, **kwargs)
-            high = net(window, *args, **kwargs)  # the reference: float32 is trusted at any batch size
+            with torch.autocast(device_type=inputs.device.type, enabled=False):
+                high = net(window, *args, **kwargs)  # the reference: float32 is trusted at any batch size
         if not (isinstance(low, torch.Tensor) and isinstance(high, torch.Tensor)):
             return "a network output that cannot be checked"
         if not bool(torch.isfinite(low).all()):

@@ -182,6 +182,19 @@ class NonFiniteTrainingError(RuntimeError):
         self.epoch, self.iteration, self.batch, self.precision = epoch, iteration, batch, precision
 
 
+def _scaled(engine: Any) -> bool:
+    """Whether the trainer runs MONAI's CUDA amp branch (autocast + GradScaler)."""
+    return bool(getattr(engine, "amp", False)) and getattr(engine, "scaler", None) is not None
+
+
+def _running_precision(engine: Any) -> str:
+    """What a training step runs in: the PrecisionInferer's precision, or ``"fp16-amp"`` under the trainer's
+    own CUDA autocast (which wraps whatever the inferer asks for)."""
+    if getattr(engine, "amp", False):
+        return "fp16-amp"
+    return getattr(engine.inferer, "precision", "fp32")
+
+
 def _nonfinite(tensors: Iterable[torch.Tensor]) -> int:
     """How many of ``tensors`` hold a NaN or an infinity (one reduction, one synchronisation)."""
     plain = [t.as_tensor() if hasattr(t, "as_tensor") else t for t in tensors]  # MetaTensor -> Tensor
@@ -208,17 +221,24 @@ class NonFiniteGuard:
       :class:`NonFiniteTrainingError` with the epoch, iteration, precision, what was non-finite (the input
       batch itself included) and what to try. The latest epoch checkpoint is then the last good state.
 
-    With a CUDA ``GradScaler`` (``amp``) only the loss is checked: overflowing float16 gradients are
-    expected there and the scaler skips those steps itself.
+    With a CUDA ``GradScaler`` (``amp``) gradients are not checked (scaled float16 gradients overflow by
+    design), and a non-finite loss is first left to the scaler, which skips that step and lowers its scale
+    (the buffers are restored all the same); only ``amp_patience`` non-finite steps in a row count as a
+    failure as above. With gradient accumulation (``accumulation_steps > 1``) the micro-batches accumulated
+    before a non-finite one in the same window are dropped with it.
 
     Args:
         ckpt_dir: the run's checkpoint folder, named in the error (where to resume from).
         network: the network whose buffers are restored (default: the trainer's).
+        amp_patience: non-finite steps in a row left to CUDA's ``GradScaler`` before the guard acts.
     """
 
-    def __init__(self, ckpt_dir: str | os.PathLike | None = None, network: torch.nn.Module | None = None) -> None:
+    def __init__(self, ckpt_dir: str | os.PathLike | None = None, network: torch.nn.Module | None = None,
+                 amp_patience: int = 5) -> None:
         self.ckpt_dir = ckpt_dir
         self.network = network
+        self.amp_patience = int(amp_patience)
+        self._scaler_skips = 0  # non-finite steps in a row left to the GradScaler
         self.fell_back = False  # this run (or the one it resumes) fell back from reduced precision to float32
         self.precision: str | None = None  # what the latest step ran in (fp32, bf16, fp16; fp16-amp: CUDA amp)
         self._buffers: list[torch.Tensor] = []
@@ -246,7 +266,7 @@ class NonFiniteGuard:
             inferer.fall_back()  # a resumed run that had fallen back (state loaded at the start) stays in fp32
             engine.amp = False
             logger.info("training in float32: this run fell back from reduced precision before it was resumed")
-        self.precision = getattr(inferer, "precision", "fp16-amp" if engine.amp else "fp32")
+        self.precision = _running_precision(engine)
         bufs = [b for b in self._net(engine).buffers() if b is not None]
         if len(self._buffers) != len(bufs):
             self._buffers = [b.detach().clone() for b in bufs]
@@ -255,8 +275,9 @@ class NonFiniteGuard:
                 for saved, buf in zip(self._buffers, bufs):
                     saved.copy_(buf)
 
-    def _restore(self, engine: Any) -> None:
-        engine.optimizer.zero_grad(set_to_none=True)  # parameters without a gradient are left alone by step()
+    def _restore(self, engine: Any, grads: bool = True) -> None:
+        if grads:
+            engine.optimizer.zero_grad(set_to_none=True)  # parameters without a gradient are left alone by step()
         with torch.no_grad():
             for saved, buf in zip(self._buffers, self._net(engine).buffers()):
                 buf.copy_(saved)
@@ -271,7 +292,7 @@ class NonFiniteGuard:
         if _nonfinite([loss]):
             problems.append(f"loss {float(loss.detach().float().mean())}")
         net = self._net(engine)
-        if not (engine.amp and getattr(engine, "scaler", None) is not None):
+        if not _scaled(engine):
             grads = [p.grad for p in net.parameters() if p.grad is not None]
             if (n := _nonfinite(grads)):
                 problems.append(f"{n} of {len(grads)} gradient tensors")
@@ -292,24 +313,35 @@ class NonFiniteGuard:
         dist.all_reduce(both, op=dist.ReduceOp.MAX)
         return [bool(v) for v in both.tolist()]
 
-    def _recompute(self, engine: Any) -> None:
-        """This iteration's forward, loss and backward again (after a fall-back to float32)."""
+    def _recompute(self, engine: Any, scaled: bool) -> None:
+        """This iteration's forward, loss and backward again (after a fall-back to float32). ``scaled``: the
+        trainer is in its GradScaler branch, whose ``scaler.step`` will unscale the gradients, so the loss is
+        scaled here too."""
         from monai.utils import CommonKeys as Keys
 
         out = engine.state.output
         out[Keys.PRED] = engine.inferer(out[Keys.IMAGE], engine.network)
         out[Keys.LOSS] = engine.loss_function(out[Keys.PRED], out[Keys.LABEL]).mean()
         acc = getattr(engine, "accumulation_steps", 1)
-        (out[Keys.LOSS] / acc if acc > 1 else out[Keys.LOSS]).backward()
+        loss = out[Keys.LOSS] / acc if acc > 1 else out[Keys.LOSS]
+        (engine.scaler.scale(loss) if scaled else loss).backward()
 
     def _check(self, engine: Any) -> None:
+        scaled = _scaled(engine)  # this iteration is in MONAI's GradScaler branch (CUDA amp)
         problems, bad_input = self._problems(engine)
         bad, bad_input = self._any_rank(engine, bool(problems), bad_input)  # every rank decides the same
         if not bad:
+            self._scaler_skips = 0
             return
+        if scaled and not bad_input and self._scaler_skips < self.amp_patience:
+            self._scaler_skips += 1  # a float16 overflow: the scaler skips this step and lowers its scale
+            self._restore(engine, grads=False)  # the scaler must see the non-finite gradients to do so
+            logger.info("non-finite float16 step left to the GradScaler (%d in a row)", self._scaler_skips)
+            return
+        self._scaler_skips = 0
         self._restore(engine)
         inferer = engine.inferer
-        precision = getattr(inferer, "precision", "fp32")
+        precision = _running_precision(engine)
         state = engine.state
         batch = (state.iteration - 1) % state.epoch_length + 1 if state.epoch_length else state.iteration
         import torch.distributed as dist
@@ -325,7 +357,7 @@ class NonFiniteGuard:
             logger.warning("non-finite %s training at %s (%s non-finite; the update was not applied): precision "
                            "'auto' falls back to float32 from the last good state and training goes on in float32 "
                            "(saved with the checkpoints, so a resume stays in float32)", precision, where, what)
-            self._recompute(engine)
+            self._recompute(engine, scaled)
             problems, bad_input = self._problems(engine)
             bad, bad_input = self._any_rank(engine, bool(problems), bad_input)
             if not bad:
@@ -338,6 +370,8 @@ class NonFiniteGuard:
         if bad_input:
             advice = ("the input batch itself holds NaN or infinite values: check the dataset "
                       "(monai-pipeline check DATASET) and its intensity transforms")
+        elif precision == "fp16-amp":
+            advice = "train in float32 (--set amp=False --set train_precision=fp32), or lower the learning rate"
         elif precision != "fp32":
             advice = "train in float32 (--set train_precision=fp32), or lower the learning rate"
         else:

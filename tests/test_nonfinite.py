@@ -89,7 +89,8 @@ def test_auto_bf16_that_turns_nan_falls_back_to_fp32_once_and_a_resume_stays_fp3
     ckpt = _checkpoint(models, 1)
     assert ckpt["nonfinite_guard"] == {"fell_back": True, "precision": "fp32"}
     assert _finite(ckpt["model"]) and _finite(torch.load(models / "model.pt", weights_only=True))
-    assert ckpt["trainer"]["iteration"] == ckpt["trainer"]["epoch_length"]  # every step taken (in float32)
+    steps = {int(v["step"]) for v in ckpt["optimizer"]["state"].values()}  # AdamW's own count of applied updates
+    assert steps == {ckpt["trainer"]["epoch_length"]}  # the failed bf16 step was applied after all, in float32
 
     with _Records() as log:
         _train(bundle_copy, tiny_msd, [overlay], epochs=2, train_precision="auto", resume=True)
@@ -126,9 +127,12 @@ def test_explicit_precision_stops_with_exit_code_4_and_the_last_good_checkpoint_
     assert sorted(p.name for p in models.glob("checkpoint_*")) == ["checkpoint_epoch=1.pt"]
     assert _finite(_checkpoint(models, 1)["model"])
 
-    run_cmd([*common, "--epochs", "2", "--resume"], cwd=tmp_path)
+    proc = run_cmd([*common, "--epochs", "2", "--resume"], cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert "Restored all variables from" in log and "checkpoint_epoch=1.pt" in log
     ckpt = _checkpoint(models, 2)
-    assert ckpt["trainer"]["iteration"] == 2 * ckpt["trainer"]["epoch_length"] and _finite(ckpt["model"])
+    steps = {int(v["step"]) for v in ckpt["optimizer"]["state"].values()}  # epoch 1's, then epoch 2 redone whole
+    assert steps == {2 * ckpt["trainer"]["epoch_length"]} and _finite(ckpt["model"])
 
 
 def test_a_nan_batch_is_named_and_not_blamed_on_bf16(native_bf16, tiny_msd, bundle_copy, tmp_path):
@@ -204,6 +208,61 @@ def test_resume_keeps_the_best_model_and_the_early_stop_count(trained, tiny_msd,
     assert trainer["iteration"] == 4 * trainer["epoch_length"]
 
 
+def test_fall_back_under_a_grad_scaler_applies_the_float32_step_unscaled():
+    """MONAI's amp branch (CUDA) steps through ``scaler.step``, which unscales the gradients: the guard's float32
+    recompute must scale its loss too, or the step comes out 65536 times too small. Simulated with torch's CPU
+    GradScaler and a fake engine holding what the guard reads; before that, an overflow is left to the scaler
+    ``amp_patience`` times (buffers restored, gradients left for the scaler to see and skip)."""
+    from types import SimpleNamespace
+
+    from monai.inferers import SimpleInferer
+    from monai.utils import CommonKeys as Keys
+
+    from monai_pipeline.inference import PrecisionInferer
+    from monai_pipeline.training import NonFiniteGuard
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    reference = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    reference.load_state_dict(net.state_dict())
+    x, y = torch.rand(8, 4), torch.rand(8, 4)
+    loss_fn = torch.nn.MSELoss()
+    inferer = PrecisionInferer(SimpleInferer(), "auto", channels_last=False)
+    inferer.precision = "fp16"  # as "auto" resolves on CUDA
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    engine = SimpleNamespace(network=net, optimizer=opt, inferer=inferer, loss_function=loss_fn, amp=True,
+                             scaler=scaler, accumulation_steps=1,
+                             state=SimpleNamespace(epoch=1, iteration=1, epoch_length=1, device=torch.device("cpu")))
+    guard = NonFiniteGuard(amp_patience=1)
+
+    def overflowing_step():
+        guard._snapshot(engine)
+        opt.zero_grad()
+        pred = net(x)
+        loss = loss_fn(pred, y) * float("inf")  # an fp16 overflow
+        engine.state.output = {Keys.IMAGE: x, Keys.LABEL: y, Keys.PRED: pred, Keys.LOSS: loss}
+        scaler.scale(loss).backward()
+        guard._check(engine)
+
+    before = [t.clone() for t in net.state_dict().values()]
+    overflowing_step()  # 1st: left to the scaler, which skips it and halves its scale
+    assert any(not torch.isfinite(p.grad).all() for p in net.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), before))  # BN stats restored
+    scaler.step(opt)
+    scaler.update()
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), before)) and inferer.precision == "fp16"
+    overflowing_step()  # 2nd in a row: the guard falls back to float32 and recomputes, scaled for the scaler
+    assert inferer.precision == "fp32" and engine.amp is False and guard.fell_back
+    scaler.step(opt)
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.5)
+    loss_fn(reference(x), y).backward()
+    ref_opt.step()
+    for got, want in zip(net.parameters(), reference.parameters()):
+        assert torch.allclose(got, want, atol=1e-6), (got, want)
+    assert not torch.equal(net[0].weight, before[0])  # a real step was taken
+
+
 # ------------------------------------------------------------------ precision auto in inference proves itself
 def _threshold_net() -> torch.nn.Module:
     """Logits of 'foreground where the voxel is above 0.5' (a 1x1x1 convolution, so autocast really runs it
@@ -264,6 +323,24 @@ def test_an_all_background_check_never_proves_bf16_unless_asked(native_bf16):
     lenient, _ = _auto_inferer(verify_background=True)
     lenient(_volume(blob=False), _threshold_net())
     assert lenient.checked == {"kept": 1, "fp32": 0, "fp32_direct": 0}
+
+
+def test_float32_means_float32_inside_an_engines_autocast(native_bf16):
+    """MONAI's evaluator autocasts the whole inferer call when ``amp`` is on (CUDA): the float32 reference of the
+    check, the float32 redo and an explicit fp32 must still run in float32 (simulated with CPU bf16 autocast)."""
+    from monai.inferers import SimpleInferer
+
+    from faulty import BreaksInBf16
+    from monai_pipeline.inference import PrecisionInferer
+
+    net = torch.nn.Conv3d(1, 2, 3, padding=1)
+    x = torch.rand(1, 1, 12, 12, 8)
+    ref = net(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(PrecisionInferer(SimpleInferer(), "fp32", channels_last=False)(x, net), ref)
+        inferer, sw = _auto_inferer()
+        out = inferer(_volume(), BreaksInBf16(_threshold_net(), zero=True))  # redone in float32: really float32
+    assert inferer.checked["fp32"] == 1 and torch.equal(out, sw(_volume(), _threshold_net()))
 
 
 def test_small_inputs_run_in_float32_directly(native_bf16):
