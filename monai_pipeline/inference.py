@@ -518,8 +518,9 @@ class PrecisionInferer(Inferer):
     float32 answer there. After the reduced-precision run, the window (``roi_size`` of the wrapped inferer,
     the whole input for others) centred on the most confident foreground voxel of that output is run
     again both ways: in reduced precision as a batch of the inferer's ``sw_batch_size`` copies (the shapes
-    whose kernels the run used; issue 14's failures followed the batch shape), in float32 alone; the result is kept only when both outputs are finite, float32 finds foreground in that window (an
-    all-background window proves nothing, so it never passes unless ``verify_background``), and the
+    whose kernels the run used; issue 14's failures followed the batch shape), in float32 alone; the result
+    is kept only when both outputs are finite, float32 finds foreground in that window (an all-background
+    window proves nothing, so it never passes unless ``verify_background``), and the
     foreground probabilities differ by at most ``verify_tolerance`` at every voxel of the window. Otherwise
     the input is segmented again in float32, with one log line saying why. ``checked`` counts inputs kept
     in reduced precision, inputs redone in float32, and small inputs run in float32 directly: the check costs
