@@ -89,16 +89,15 @@ def device_override(device: str | None) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _data_errors() -> Iterator[None]:
-    """Re-raise this project's own errors (a bad input file, a locked folder, training that turned non-finite)
-    as themselves where MONAI's config machinery wrapped them in ``RuntimeError``s."""
-    from monai_pipeline.training import NonFiniteTrainingError
-
+    """Re-raise this project's own errors (a bad input file, a locked folder, and errors that carry an
+    ``exit_code`` of their own, such as training that turned non-finite) as themselves where MONAI's config
+    machinery wrapped them in ``RuntimeError``s."""
     try:
         yield
     except RuntimeError as err:
         cause: BaseException | None = err
         while cause is not None:
-            if isinstance(cause, (DataError, FolderLockedError, NonFiniteTrainingError)):
+            if isinstance(cause, (DataError, FolderLockedError)) or isinstance(getattr(cause, "exit_code", None), int):
                 raise cause from None
             cause = cause.__cause__ or cause.__context__
         raise

@@ -41,7 +41,7 @@ from monai_pipeline.io import atomic_write_text
 
 __all__ = ["predict", "run_inference", "pending", "Pending", "existing_mask_problem", "InferenceDataset",
            "InferenceProgress", "init_distributed", "FAILED_KEY", "PrecisionInferer",
-           "resolve_precision", "cpu_bf16_supported", "cpu_amx_supported"]
+           "resolve_precision", "verifies", "cpu_flags", "cpu_bf16_supported", "cpu_amx_supported"]
 
 logger = logging.getLogger(__name__)
 
@@ -445,7 +445,7 @@ class InferenceProgress:
 
 # ------------------------------------------------------------------------------ speed: precision, layout
 @functools.lru_cache(maxsize=1)
-def _cpu_flags() -> frozenset[str]:
+def cpu_flags() -> frozenset[str]:
     """This CPU's feature flags from ``/proc/cpuinfo`` (read once per process; empty where unreadable)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -459,13 +459,13 @@ def _cpu_flags() -> frozenset[str]:
 
 def cpu_bf16_supported() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where bf16 autocast pays off."""
-    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def cpu_amx_supported() -> bool:
     """Whether this CPU has AMX tiles with bfloat16 (Intel Xeon Sapphire Rapids and later), where oneDNN's
     bf16 kernels are AMX ones."""
-    return "amx_bf16" in _cpu_flags()
+    return "amx_bf16" in cpu_flags()
 
 
 def resolve_precision(precision: str, device: torch.device | str, training: bool = False) -> str:
@@ -489,6 +489,12 @@ def resolve_precision(precision: str, device: torch.device | str, training: bool
     if device.type == "cpu" and cpu_bf16_supported():
         return "fp32" if training and cpu_amx_supported() else "bf16"
     return "fp32"
+
+
+def verifies(precision: str, verify: bool | None = None, training: bool = False) -> bool:
+    """Whether a :class:`PrecisionInferer` asked for ``precision`` checks its reduced-precision outputs against
+    float32: ``verify`` when given, else only for ``"auto"`` outside training (an explicit choice is the user's)."""
+    return (precision == "auto" and not training) if verify is None else bool(verify)
 
 
 _LAYOUTS = {5: torch.channels_last_3d, 4: torch.channels_last}
@@ -555,7 +561,7 @@ class PrecisionInferer(Inferer):
                            "measured 5.6x slower than float32 on 32 x 32 x 16 patches (benchmarks/results/"
                            "train_precision_lung.json) and 10-30x on larger ones; use precision 'auto' or 'fp32'")
         self.channels_last = bool(channels_last)
-        self.verify = (precision == "auto" and not training) if verify is None else bool(verify)
+        self.verify = verifies(precision, verify, training)
         self.verify_tolerance = float(verify_tolerance)
         self.verify_background = bool(verify_background)
         self.checked = {"kept": 0, "fp32": 0, "fp32_direct": 0}
@@ -651,7 +657,10 @@ class PrecisionInferer(Inferer):
         in reduced precision and one float32 window on top of the reduced-precision pass; float32 windows take
         about twice as long as bf16 ones (AVX512-BF16), so up to ``sw_batch_size + 2`` windows the float32 run is
         the cheaper way to the float32 answer (LIDC's nodule crops, SimpleInferer's whole inputs)."""
-        return max(1, int(getattr(self.inferer, "sw_batch_size", 1))) + 2
+        return self._sw_batch() + 2
+
+    def _sw_batch(self) -> int:
+        return max(1, int(getattr(self.inferer, "sw_batch_size", 1)))
 
     def _window(self, image: torch.Tensor, centre: Sequence[int]) -> torch.Tensor:
         """The ``roi_size`` window of ``image`` (1, C, *spatial) around ``centre``, padded as the sliding
@@ -677,8 +686,7 @@ class PrecisionInferer(Inferer):
         prob = _foreground(out)
         b, *centre = np.unravel_index(int(torch.argmax(prob)), tuple(prob.shape))
         window = self._window(inputs[b:b + 1], centre)
-        n = max(1, int(getattr(self.inferer, "sw_batch_size", 1)))
-        batch = window.expand(n, *window.shape[1:]).contiguous()  # the batch shape the run's kernels saw
+        batch = window.expand(self._sw_batch(), *window.shape[1:]).contiguous()  # the batch shape the run's kernels saw
         with torch.no_grad():
             with self._autocast(inputs.device.type):
                 low = net(batch, *args, **kwargs)

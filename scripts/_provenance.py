@@ -37,11 +37,17 @@ def cpu_model() -> str:
 
 def cpu_isa() -> list[str]:
     """The CPU's vector and matrix extensions that matter to torch's kernels, from /proc/cpuinfo."""
-    from monai_pipeline.inference import _cpu_flags
+    from monai_pipeline.inference import cpu_flags
 
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
               "amx_int8", "amx_fp16")
-    return [f for f in wanted if f in _cpu_flags()]
+    return [f for f in wanted if f in cpu_flags()]
+
+
+def cpu_tag() -> str:
+    """Which bf16 kernels this CPU runs, for result file names: ``amx``, ``avx512bf16`` or ``nobf16``."""
+    isa = cpu_isa()
+    return "amx" if "amx_bf16" in isa else "avx512bf16" if "avx512_bf16" in isa else "nobf16"
 
 
 def machine_provenance(script: str, argv: list[str]) -> dict:
@@ -142,13 +148,12 @@ class PrecisionFallbacks:
 def eval_precision(overrides: dict, fallbacks: "PrecisionFallbacks", cases: int) -> dict:
     """How an evaluation ran: the precision asked for and resolved on this machine, whether reduced precision
     was checked against float32, and for how many of ``cases`` inputs it was replaced by float32."""
-    from monai_pipeline.inference import resolve_precision
+    from monai_pipeline.inference import resolve_precision, verifies
     from monai_pipeline.training import default_device
 
     asked = overrides.get("precision", "auto")
     resolved = resolve_precision(asked, default_device())
-    verify = overrides.get("verify_precision")
-    checked = resolved != "fp32" and (asked == "auto" if verify is None else bool(verify))
+    checked = resolved != "fp32" and verifies(asked, overrides.get("verify_precision"))
     return {
         "eval_precision_requested": asked,
         "eval_precision": resolved,

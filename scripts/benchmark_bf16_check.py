@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from _provenance import PrecisionFallbacks, eval_precision, run_record  # noqa: E402
+from _provenance import PrecisionFallbacks, cpu_tag, eval_precision, run_record  # noqa: E402
 
 from monai_pipeline.bundles import run_bundle  # noqa: E402
 from monai_pipeline.evaluation import read_metric_details  # noqa: E402
@@ -92,19 +92,15 @@ def main(argv=None) -> int:
                     help="only time the check on a whole-CT-sized input and add it to the existing result")
     args = ap.parse_args(argv)
     if args.ct_only:  # add the whole-CT cost to an existing result
-        from _provenance import cpu_isa, machine_provenance
+        from _provenance import machine_provenance
 
-        isa = cpu_isa()
-        tag = "amx" if "amx_bf16" in isa else "avx512bf16" if "avx512_bf16" in isa else "nobf16"
-        out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"bf16_check_nodules_{tag}.json"
+        out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"bf16_check_nodules_{cpu_tag()}.json"
         result = json.loads(out.read_text())
         result["check_cost_whole_ct"] = {**ct_check_cost(), **machine_provenance("benchmark_bf16_check.py",
                                                                                  list(argv or sys.argv[1:]))}
         atomic_write_text(out, json.dumps(result, indent=2) + "\n")
         print(json.dumps(result["check_cost_whole_ct"], indent=2))
         return 0
-
-    from _provenance import cpu_isa
 
     data, work = Path(args.data), Path(args.work)
     if not (data / "index.csv").is_file():
@@ -114,9 +110,7 @@ def main(argv=None) -> int:
         print(f"error: {work}/models/model.pt not found: train first with scripts/benchmark_lidc.py --work {work}",
               file=sys.stderr)
         return 2
-    isa = cpu_isa()
-    tag = "amx" if "amx_bf16" in isa else "avx512bf16" if "avx512_bf16" in isa else "nobf16"
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"bf16_check_nodules_{tag}.json"
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"bf16_check_nodules_{cpu_tag()}.json"
     overlay = [str(ROOT / "configs" / "lidc_nodules.json")]
     base = dict(dataset_dir=str(data.resolve()), ckpt_dir=str(work / "models"), seed=args.seed)
 

@@ -94,7 +94,8 @@ def main(argv=None) -> int:
         "median_dice": statistics.median(dice),
         "std_dice": statistics.pstdev(dice),
         "fraction_dice_ge_0.85": sum(d >= 0.85 for d in dice) / len(dice),
-        "metric": "Dice per nodule (foreground), in each crop's source geometry (the bundle's evaluate: prediction resampled back to the crop's grid)",
+        "metric": "Dice per nodule (foreground), in each crop's source geometry (the bundle's evaluate: prediction "
+                  "resampled back to the crop's grid)",
         **run_record("benchmark_lidc.py", list(argv or sys.argv[1:]), work / "models", args.epochs, train_s, eval_s),
         **eval_precision(overrides, fallbacks, len(rows)),
         "per_nodule": [{"case": n, "dice": round(d, 4)} for n, d in rows],

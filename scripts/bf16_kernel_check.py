@@ -88,7 +88,7 @@ def run_variant(spec: dict, env_extra: dict | None = None, verbose: bool = False
 
 
 def main(argv=None) -> int:
-    from _provenance import cpu_isa, machine_provenance
+    from _provenance import cpu_tag, machine_provenance
 
     from monai_pipeline.io import atomic_write_text
 
@@ -96,9 +96,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--out", help="result file (default benchmarks/results/bf16_kernels_<cpu>.json)")
     args = ap.parse_args(argv)
-    isa = cpu_isa()
-    tag = "amx" if "amx_bf16" in isa else "avx512bf16" if "avx512_bf16" in isa else "nobf16"
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"bf16_kernels_{tag}.json"
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"bf16_kernels_{cpu_tag()}.json"
 
     base = {"norm": "batch", "channels_last": False, "mkldnn": True, "bf16": True, "steps": args.steps}
     variants: list[tuple[dict, dict | None, bool]] = []

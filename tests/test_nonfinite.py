@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import LUNG_BUNDLE, ROOT, TINY, VENV_BIN, run_cmd
+from conftest import TINY, VENV_BIN, run_cmd
 
 TESTS = Path(__file__).resolve().parent
 SMALL = {"patch_size": [32, 32, 16], "pixdim": [4.0, 4.0, 5.0], "num_workers": 0, "sw_batch_size": 2}
@@ -41,6 +41,12 @@ def _checkpoint(folder: Path, epoch: int) -> dict:
 
 def _finite(state: dict) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+
+
+@pytest.fixture()
+def faults_importable(monkeypatch):
+    """Subprocesses (run_cmd passes this environment on) can import ``faulty`` from the tests folder."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
 
 
 @pytest.fixture()
@@ -101,23 +107,15 @@ def test_auto_bf16_that_turns_nan_falls_back_to_fp32_once_and_a_resume_stays_fp3
 
 
 def test_explicit_precision_stops_with_exit_code_4_and_the_last_good_checkpoint_resumes(tiny_msd, bundle_copy,
-                                                                                      tmp_path):
+                                                                                      tmp_path, faults_importable):
     """fp32 (explicit): NaN loss at epoch 2, iteration 1 (the 3rd step: 2 steps an epoch) -> one error line, exit
     4, no checkpoint of epoch 2, epoch 1's intact; a resume without the fault trains on to the end."""
     models = bundle_copy / "models"
-    env_path = f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
     common = [str(VENV_BIN / "monai-pipeline"), "train", "--bundle", str(bundle_copy), "--dataset-dir", str(tiny_msd),
               "--ckpt-dir", str(models), "--output-dir", str(tmp_path / "eval"), "--val-interval", "1",
               "--set", "val_fraction=0.34", "--set", "train_precision=fp32",
               *[f"--set={k}={json.dumps(v)}" for k, v in SMALL.items()]]
-    os.environ["PYTHONPATH"], saved = env_path, os.environ.get("PYTHONPATH")
-    try:
-        proc = run_cmd([*common, "--epochs", "2", "--config", _nan_loss(tmp_path, [3])], cwd=tmp_path, check=False)
-    finally:
-        if saved is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = saved
+    proc = run_cmd([*common, "--epochs", "2", "--config", _nan_loss(tmp_path, [3])], cwd=tmp_path, check=False)
     assert proc.returncode == 4, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -151,22 +149,14 @@ def test_a_nan_batch_is_named_and_not_blamed_on_bf16(native_bf16, tiny_msd, bund
     assert not list((bundle_copy / "models").glob("checkpoint_*"))
 
 
-def test_ranks_stop_together_when_one_rank_turns_nan(tiny_msd, bundle_copy, tmp_path):
+def test_ranks_stop_together_when_one_rank_turns_nan(tiny_msd, bundle_copy, tmp_path, faults_importable):
     """torchrun, 2 processes: NaN loss on rank 1 only, at its 3rd step -> both ranks stop with the error at the
     same step (none waits for the other; a hang would hit the timeout), epoch 2's checkpoint is the latest."""
     cfg = "['configs/common.json','configs/train.json','configs/multi_gpu_train.json','" + \
           _nan_loss(tmp_path, [3], rank=1) + "']"
-    env_path = f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-    os.environ["PYTHONPATH"], saved = env_path, os.environ.get("PYTHONPATH")
-    try:
-        proc = run_cmd([str(VENV_BIN / "torchrun"), "--nproc_per_node=2", "-m", "monai.bundle", "run", "--config_file",
-                        cfg, "--dataset_dir", str(tiny_msd), "--epochs", "3", "--val_interval", "1", "--val_fraction",
-                        "0.34", "--train_precision", "fp32", *TINY], cwd=bundle_copy, check=False, timeout=400)
-    finally:
-        if saved is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = saved
+    proc = run_cmd([str(VENV_BIN / "torchrun"), "--nproc_per_node=2", "-m", "monai.bundle", "run", "--config_file",
+                    cfg, "--dataset_dir", str(tiny_msd), "--epochs", "3", "--val_interval", "1", "--val_fraction",
+                    "0.34", "--train_precision", "fp32", *TINY], cwd=bundle_copy, check=False, timeout=400)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     for rank in (0, 1):  # one step per epoch on each rank: the 3rd step is epoch 3's first
