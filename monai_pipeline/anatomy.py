@@ -7,6 +7,7 @@ tumour burden per lung) without importing another stage.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 __all__ = ["LUNG_LABELS", "axial_axis", "lung_mask"]
 
@@ -20,8 +21,6 @@ def axial_axis(affine: np.ndarray) -> int:
 
 def _fill_slices(mask: np.ndarray, axis: int) -> np.ndarray:
     """Fill holes in each slice across ``axis`` (2D hole filling, so open ends in 3D do not matter)."""
-    from scipy import ndimage
-
     m = np.moveaxis(mask, axis, 0)
     return np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in m]), 0, axis)
 
@@ -50,8 +49,6 @@ def lung_mask(ct: np.ndarray, affine: np.ndarray, air_hu: float = -400.0, body_h
         uint8 array of ``ct``'s shape: 0 background, 1 right lung, 2 left lung (:data:`LUNG_LABELS`).
         Checked against Slicer's and TotalSegmentator's lung labels in ``tests/test_evaluation.py``.
     """
-    from scipy import ndimage
-
     ct = np.asarray(ct, dtype=np.float32)
     aff = np.asarray(affine, dtype=float)
     ax = axial_axis(aff)
@@ -95,8 +92,6 @@ def _close_lung(comp: np.ndarray, aff: np.ndarray, ax: int, radius_mm: float) ->
     Vessels, nodules inside the lung and tumour touching the pleura (a dent in the air region smaller than
     the disc) become lung; the disc is too small to bridge the cardiac notch or to reach the other lung.
     """
-    from scipy import ndimage
-
     in_plane = [a for a in range(3) if a != ax]
     spacing = np.linalg.norm(aff[:3, :3], axis=0)
     r = [max(1, int(round(radius_mm / spacing[a]))) for a in in_plane]
@@ -116,8 +111,6 @@ def _close_lung(comp: np.ndarray, aff: np.ndarray, ax: int, radius_mm: float) ->
 
 def _split_lungs(comp: np.ndarray, body: np.ndarray, aff: np.ndarray) -> list[np.ndarray]:
     """Split one component holding both lungs into two (see :func:`lung_mask`, step 5)."""
-    from scipy import ndimage
-
     total = int(comp.sum())
     eroded = comp
     for _ in range(12):

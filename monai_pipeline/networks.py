@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from monai.networks.nets import SegResNet, UNet
 
 __all__ = ["NETWORK_DEFAULTS", "build_network"]
 
@@ -32,8 +33,6 @@ def build_network(name: str = "unet", spatial_dims: int = 3, in_channels: int = 
     Input ``(N, in_channels, *spatial)`` with spatial sizes divisible by 16; output
     ``(N, out_channels, *spatial)`` logits.
     """
-    from monai.networks.nets import SegResNet, UNet
-
     key = name.lower()
     if key not in NETWORK_DEFAULTS:
         raise ValueError(f"unknown network {name!r}; choose one of {sorted(NETWORK_DEFAULTS)}")

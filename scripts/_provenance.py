@@ -37,7 +37,7 @@ def cpu_model() -> str:
 
 def cpu_isa() -> list[str]:
     """The CPU's vector and matrix extensions that matter to torch's kernels, from /proc/cpuinfo."""
-    from monai_pipeline.inference import cpu_flags
+    from monai_pipeline.engine.precision import cpu_flags
 
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
               "amx_int8", "amx_fp16")
@@ -57,8 +57,8 @@ def machine_provenance(script: str, argv: list[str]) -> dict:
 
     import torch
 
-    from monai_pipeline.inference import cpu_bf16_supported
-    from monai_pipeline.training import default_device
+    from monai_pipeline.engine.precision import cpu_bf16_supported
+    from monai_pipeline.engine.runtime import default_device
 
     return {
         "command": " ".join(["python", f"scripts/{script}"] + [shlex.quote(a) for a in argv]),
@@ -83,7 +83,7 @@ def run_record(script: str, argv: list[str], ckpt_dir: Path, epochs_requested: i
     checkpoint), device, CPU, threads, times, the exact command, git revision and date."""
     import torch
 
-    from monai_pipeline.training import latest_checkpoint
+    from monai_pipeline.engine.checkpoints import latest_checkpoint
 
     last = latest_checkpoint(ckpt_dir)
     ckpt = torch.load(last, map_location="cpu", weights_only=True) if last else {}
@@ -148,8 +148,8 @@ class PrecisionFallbacks:
 def eval_precision(overrides: dict, fallbacks: "PrecisionFallbacks", cases: int) -> dict:
     """How an evaluation ran: the precision asked for and resolved on this machine, whether reduced precision
     was checked against float32, and for how many of ``cases`` inputs it was replaced by float32."""
-    from monai_pipeline.inference import resolve_precision, verifies
-    from monai_pipeline.training import default_device
+    from monai_pipeline.engine.precision import resolve_precision, verifies
+    from monai_pipeline.engine.runtime import default_device
 
     asked = overrides.get("precision", "auto")
     resolved = resolve_precision(asked, default_device())

@@ -37,9 +37,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from _provenance import PrecisionFallbacks, cpu_tag, eval_precision, run_record  # noqa: E402
 
-from monai_pipeline.bundles import run_bundle  # noqa: E402
-from monai_pipeline.evaluation import read_metric_details  # noqa: E402
-from monai_pipeline.io import atomic_write_text  # noqa: E402
+from monai_pipeline.app.bundles import run_bundle  # noqa: E402
+from monai_pipeline.evaluation.run import read_metric_details  # noqa: E402
+from monai_pipeline.io.atomic import atomic_write_text  # noqa: E402
 
 SETTINGS = {"fp32": {"precision": "fp32"}, "auto": {"precision": "auto"}, "bf16": {"precision": "bf16"}}
 
@@ -52,8 +52,8 @@ def ct_check_cost(shape=(208, 160, 150), repeats: int = 3) -> dict:
     import torch
     from monai.bundle import ConfigParser
 
-    from monai_pipeline.bundles import bundle_configs
-    from monai_pipeline.inference import PrecisionInferer
+    from monai_pipeline.app.bundles import bundle_configs
+    from monai_pipeline.engine.precision import PrecisionInferer
 
     parser = ConfigParser()
     parser.read_config(bundle_configs("lung", "inference"))

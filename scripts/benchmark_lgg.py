@@ -34,11 +34,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from _provenance import run_record  # noqa: E402
 
-from monai_pipeline.bundles import parse_overrides, run_bundle  # noqa: E402
-from monai_pipeline.data import brain_datalist  # noqa: E402
-from monai_pipeline.evaluation import read_metric_details, score_slice_folders  # noqa: E402
-from monai_pipeline.io import atomic_write_text  # noqa: E402
-from monai_pipeline.training import latest_checkpoint  # noqa: E402
+from monai_pipeline.app.bundles import parse_overrides, run_bundle  # noqa: E402
+from monai_pipeline.data.datasets import brain_datalist  # noqa: E402
+from monai_pipeline.evaluation.run import read_metric_details, score_slice_folders  # noqa: E402
+from monai_pipeline.io.atomic import atomic_write_text  # noqa: E402
+from monai_pipeline.engine.checkpoints import latest_checkpoint  # noqa: E402
 
 SPLIT = {"val_fraction": 0.1, "test_fraction": 0.2}
 

@@ -25,11 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from monai_pipeline.bundles import parse_overrides, run_bundle  # noqa: E402
-from monai_pipeline.data import lidc_split  # noqa: E402
-from monai_pipeline.evaluation import read_metric_details  # noqa: E402
-from monai_pipeline.io import atomic_write_text  # noqa: E402
-from monai_pipeline.training import latest_checkpoint  # noqa: E402
+from monai_pipeline.app.bundles import parse_overrides, run_bundle  # noqa: E402
+from monai_pipeline.data.datasets import lidc_split  # noqa: E402
+from monai_pipeline.evaluation.run import read_metric_details  # noqa: E402
+from monai_pipeline.io.atomic import atomic_write_text  # noqa: E402
+from monai_pipeline.engine.checkpoints import latest_checkpoint  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from _provenance import PrecisionFallbacks, eval_precision, run_record  # noqa: E402

@@ -95,7 +95,8 @@ class StageTimer:
 
 
 def dice(pred_path: Path, label_path: Path) -> float:
-    from monai_pipeline.evaluation import dice as _dice, read_mask
+    from monai_pipeline.evaluation.metrics import dice as _dice
+    from monai_pipeline.io.images import read_mask
 
     return round(_dice(read_mask(pred_path)[0], read_mask(label_path)[0]), 4)
 
@@ -103,8 +104,8 @@ def dice(pred_path: Path, label_path: Path) -> float:
 # ------------------------------------------------------------------------------------------ phantoms
 def make_phantoms(work: Path, num_train: int, num_test: int, big_shape: list[int], big_spacing: list[float]) -> dict:
     """MSD-layout phantoms (train + test) and one big CT of ``big_shape`` at exactly ``big_spacing``."""
-    from monai_pipeline.io import write_nifti
-    from monai_pipeline.synthetic import PhantomSpec, make_phantom, write_msd_dataset
+    from monai_pipeline.io.images import write_nifti
+    from monai_pipeline.app.synthetic import PhantomSpec, make_phantom, write_msd_dataset
 
     data = work / "data"
     if not (data / "dataset.json").is_file():
@@ -224,7 +225,7 @@ def zoo_infer(net, image: Path, out_dir: Path, device, timer: StageTimer) -> Pat
 def bundle_parser(workflow: str, **overrides):
     from monai.bundle import ConfigParser
 
-    from monai_pipeline.bundles import bundle_configs, bundle_dir
+    from monai_pipeline.app.bundles import bundle_configs, bundle_dir
 
     parser = ConfigParser()
     parser.read_config(bundle_configs("lung", workflow))
@@ -236,7 +237,7 @@ def ours_train(dataset_dir: Path, ckpt_dir: Path, epochs: int, **overrides) -> d
     """The bundle's own trainer (its CacheDataset, patches, optimiser), no validation during the timed epochs."""
     parser = bundle_parser("train", dataset_dir=str(dataset_dir), ckpt_dir=str(ckpt_dir), output_dir=str(ckpt_dir / "eval"),
                            epochs=epochs, val_interval=epochs + 1, val_fraction=0.0, **overrides)
-    from monai_pipeline.training import attach_handlers
+    from monai_pipeline.engine.checkpoints import attach_handlers
 
     t0 = time.perf_counter()
     parser.get_parsed_content("initialize")  # the bundle's own start-up steps (seed, folder lock)
@@ -266,7 +267,7 @@ def ours_pipeline(weights: Path, out_dir: Path, **overrides):
 
 
 def ours_infer(pipe, image: Path, out_dir: Path, timer: StageTimer) -> Path:
-    from monai_pipeline.export import mask_path
+    from monai_pipeline.io.naming import mask_path
 
     net, pre, inferer, post, device = pipe
     *post_steps, save = post.transforms
@@ -293,7 +294,7 @@ def trained_dice(data: dict, work: Path, ref_weights: Path, our_weights: Path, d
 def train_longer(dataset_dir: Path, ckpt_dir: Path, epochs: int) -> Path:
     """Our bundle trained for ``epochs`` (not timed; resumes an interrupted run): the weights both recipes
     segment with in the inference part."""
-    from monai_pipeline.training import latest_checkpoint
+    from monai_pipeline.engine.checkpoints import latest_checkpoint
 
     found = latest_checkpoint(ckpt_dir)
     if found is None or int(found.stem.split("=")[-1]) < epochs:
@@ -314,8 +315,9 @@ def _model_state(path: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from monai_pipeline.io import atomic_write_text
-    from monai_pipeline.training import default_device, latest_checkpoint
+    from monai_pipeline.io.atomic import atomic_write_text
+    from monai_pipeline.engine.runtime import default_device
+    from monai_pipeline.engine.checkpoints import latest_checkpoint
     from _provenance import machine_provenance
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -349,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     ours_ckpt = work / "ours_models"
     ref_weights = work / "reference_model.pt"
     if args.part in ("all", "train"):
-        from monai_pipeline.data import msd_datalist
+        from monai_pipeline.data.datasets import msd_datalist
 
         datalist = msd_datalist(data["dataset_dir"], split="train", val_fraction=0.0)
         rss.reset()
@@ -377,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # ----------------------------------------------------------------------------- inference
     if args.part in ("all", "infer"):
-        from monai_pipeline.bundles import parse_overrides
+        from monai_pipeline.app.bundles import parse_overrides
 
         weights = train_longer(data["dataset_dir"], work / "ours_models_long", args.infer_epochs)
         ref_net = zoo_network(weights, device)

@@ -90,7 +90,7 @@ def run_variant(spec: dict, env_extra: dict | None = None, verbose: bool = False
 def main(argv=None) -> int:
     from _provenance import cpu_tag, machine_provenance
 
-    from monai_pipeline.io import atomic_write_text
+    from monai_pipeline.io.atomic import atomic_write_text
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=3)

@@ -47,7 +47,7 @@ def _bundle_run(config: str, args: list[str], cwd: Path, log: Path) -> float:
 
 def one_run(work: Path, data: Path, precision: str, seed: int, epochs: int, lr: float, test: list[dict]) -> dict:
     """Train one model (``precision``, ``seed``) and segment the test phantoms with it in float32."""
-    from monai_pipeline.bundles import bundle_dir
+    from monai_pipeline.app.bundles import bundle_dir
 
     run = work / f"{precision}_seed{seed}"
     done = run / "result.json"
@@ -56,11 +56,11 @@ def one_run(work: Path, data: Path, precision: str, seed: int, epochs: int, lr: 
     if run.exists():
         shutil.rmtree(run)  # an interrupted run starts over: a half-trained model is not a result
     shutil.copytree(bundle_dir("lung"), run)
-    train_s = _bundle_run("['configs/common.json','configs/train.json']", [
+    train_s = _bundle_run("['configs/inference.json','configs/train.json']", [
         "--dataset_dir", str(data), "--epochs", str(epochs), "--val_interval", str(epochs), "--val_fraction", str(VAL_FRACTION),
         "--learning_rate", str(lr), "--early_stop_patience", str(epochs + 1), "--seed", str(seed),
         "--train_precision", precision], run, run / "train.log")
-    _bundle_run("['configs/common.json','configs/evaluate.json']", [
+    _bundle_run("['configs/inference.json','configs/train.json','configs/evaluate.json']", [
         "--data", json.dumps(test), "--output_dir", str(run / "eval_test"), "--precision", "fp32"], run,
         run / "evaluate.log")
     cases = json.loads((run / "eval_test" / "metrics.json").read_text())["cases"]
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from _provenance import machine_provenance
-    from monai_pipeline.io import atomic_write_text
-    from monai_pipeline.synthetic import PhantomSpec, write_msd_dataset
+    from monai_pipeline.io.atomic import atomic_write_text
+    from monai_pipeline.app.synthetic import PhantomSpec, write_msd_dataset
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default=str(ROOT / "runs" / "train_precision"))

@@ -29,9 +29,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from _provenance import machine_provenance
     from benchmark_speed import StageTimer, dice, ours_infer, ours_pipeline
-    from monai_pipeline.io import atomic_write_text, write_nifti
-    from monai_pipeline.synthetic import PhantomSpec, make_phantom, write_msd_dataset
-    from monai_pipeline.training import latest_checkpoint
+    from monai_pipeline.io.atomic import atomic_write_text
+    from monai_pipeline.io.images import write_nifti
+    from monai_pipeline.app.synthetic import PhantomSpec, make_phantom, write_msd_dataset
+    from monai_pipeline.engine.checkpoints import latest_checkpoint
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default=str(ROOT / "runs" / "speed_selection"))

@@ -25,9 +25,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
+from tqdm import tqdm
 
-from monai_pipeline.io import atomic_write_text, write_nifti
+from monai_pipeline.io.atomic import atomic_path, atomic_write_text
+from monai_pipeline.io.images import LPS_TO_RAS, write_nifti
 
 __all__ = ["PhantomSpec", "make_phantom", "phantom_affine", "write_msd_dataset", "make_brain_phantom",
            "write_brain_slices", "write_brain_volumes"]
@@ -57,7 +60,7 @@ def _rotation(rng: np.random.Generator, kind: str) -> np.ndarray:
     if kind == "identity":
         return np.eye(3)
     if kind == "flipped":  # stored as LPS-ordered voxels: i runs right-to-left, j anterior-to-posterior
-        return np.diag([-1.0, -1.0, 1.0])
+        return LPS_TO_RAS[:3, :3].copy()
     # a non axis-aligned rotation: ~10-25 degrees about z, a few degrees about x
     az = math.radians(rng.uniform(10, 25)) * rng.choice([-1, 1])
     ax = math.radians(rng.uniform(2, 8)) * rng.choice([-1, 1])
@@ -229,8 +232,6 @@ def write_msd_dataset(out_dir: str | Path, num_train: int = 12, num_test: int = 
     cases = [("Tr", i) for i in range(num_train)] + [("Ts", first_test + i) for i in range(num_test)]
     iterator = cases
     if progress:
-        from tqdm import tqdm
-
         iterator = tqdm(cases, desc="phantoms", unit="case")
     training, test = [], []
     for part, idx in iterator:
@@ -335,10 +336,6 @@ def write_brain_slices(out_dir: str | Path, num_patients: int = 6, seed: int = 0
     ``<out>/BRAINPH_<nnn>/BRAINPH_<nnn>_<k>.tif`` (RGB uint8: pre-contrast T1, FLAIR, post-contrast T1, the
     LGG channel order) with ``..._<k>_mask.tif`` (0/255), k = 1..num_slices.
     """
-    from PIL import Image
-
-    from monai_pipeline.io import atomic_path
-
     out = Path(out_dir)
     for p in range(first, first + num_patients):
         name = f"BRAINPH_{p:03d}"

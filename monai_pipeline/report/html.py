@@ -22,13 +22,19 @@ import json
 import logging
 import math
 import os
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+
+from monai_pipeline.data.validate import check_report_folders, check_something_to_report
+from monai_pipeline.evaluation.metrics import CASE_METRIC_KEYS, summarise
+from monai_pipeline.io.atomic import atomic_write_text, staged_folder
+from monai_pipeline.io.images import read_mask
+from monai_pipeline.io.naming import case_id
+from monai_pipeline.report.plots import (RenderUnavailableError, confusion_plot, event_files, froc_plot, overlay_montage,
+                                         pick_cases, render_3d, roc_plot, training_curves)
 
 __all__ = ["build_report", "EXPECTED_FILES"]
 
@@ -134,11 +140,9 @@ def _collect(run_dir: Path, train_dir: Path | None, out_dir: Path) -> _Run:
             run.missing.append("images: the metrics have no image paths (evaluate --images DIR): overlays are "
                                "drawn on black")
     # training logs: under the run folder (not the report being replaced) and under --train-dir
-    from monai_pipeline.visualize import _event_files
-
     roots = [run_dir] + ([train_dir] if train_dir else [])
     for root in roots:
-        files = [f for f in _event_files(root) if out_dir not in f.parents]
+        files = [f for f in event_files(root) if out_dir not in f.parents]
         if files:
             run.event_roots.extend(files)
     if not run.event_roots:
@@ -250,8 +254,6 @@ class _Builder:
 
     def figure(self, name: str, what: str, draw: Callable[[Path], Path | None], caption: str = "") -> str:
         """Run a picture function into img/<name>.png; on failure one line saying why."""
-        from monai_pipeline.visualize import RenderUnavailableError
-
         dest = self.img_dir / f"{name}.png"
         try:
             out = draw(dest)
@@ -289,8 +291,6 @@ class _Builder:
         self.add("contents", "What was found", "\n".join(parts))
 
     def summary(self) -> None:
-        from monai_pipeline.evaluation import CASE_METRIC_KEYS, summarise
-
         run = self.run
         m = run.data.get("metrics.json")
         if run.slice_run:
@@ -343,8 +343,6 @@ class _Builder:
                  "<p class='note'>n/a: undefined (see the rules under Summary). Hover a file name for its path.</p>")
 
     def overlays(self) -> None:
-        from monai_pipeline.visualize import overlay_montage, pick_cases
-
         run = self.run
         if run.slice_run:
             rows = [r for r in run.data["metrics.json"].get("slices", [])
@@ -375,8 +373,6 @@ class _Builder:
         self.add("overlays", "Overlays", body)
 
     def detection(self) -> None:
-        from monai_pipeline.visualize import froc_plot
-
         det = self.run.data.get("detection.json")
         if not isinstance(det, dict):
             return
@@ -389,8 +385,6 @@ class _Builder:
         self.add("detection", "Lesion detection", body)
 
     def presence(self) -> None:
-        from monai_pipeline.visualize import confusion_plot, roc_plot
-
         pres = self.run.data.get("presence.json")
         if not isinstance(pres, dict):
             return
@@ -434,10 +428,6 @@ class _Builder:
             cols, [[cell(r.get(c)) for c in cols] for r in rows]) + "</div>")
 
     def render(self) -> None:
-        from monai_pipeline.data import case_id
-        from monai_pipeline.evaluation import read_mask
-        from monai_pipeline.visualize import render_3d
-
         run = self.run
         if run.slice_run:
             return
@@ -474,8 +464,6 @@ class _Builder:
         self.add("render3d", "3D render", body)
 
     def curves(self) -> None:
-        from monai_pipeline.visualize import training_curves
-
         run = self.run
         if not run.event_roots:
             msg = next(m for m in run.missing if m.startswith("training logs"))
@@ -530,33 +518,16 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     Raises:
         DataError: ``run_dir`` is not a folder or holds nothing to report; ``out_dir`` is not a report folder.
     """
-    from monai_pipeline.data import DataError
-    from monai_pipeline.io import atomic_write_text, held_locks, lock_folder, release_locks, replace_folder
-
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise DataError(f"{run_dir}: folder not found")
-    if train_dir is not None and not Path(train_dir).is_dir():
-        raise DataError(f"{train_dir}: training folder not found")
     out = Path(out_dir) if out_dir else run_dir / "report"
-    out_abs, run_abs = out.resolve(), run_dir.resolve()
-    if out_abs == run_abs or out_abs in run_abs.parents:
-        raise DataError(f"{out}: the report folder cannot be the run folder or one of its parents")
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists())):
-        raise DataError(f"{out}: exists and is not a report folder written by monai-pipeline; choose another --out")
+    check_report_folders(run_dir, train_dir, out, MARKER)
+    run = _collect(run_dir, Path(train_dir) if train_dir else None, out.resolve())
+    check_something_to_report(run_dir, bool(run.data or run.event_roots),
+                              ["metrics.json", *[n for n in EXPECTED_FILES if n != "metrics.json"], "slice_metrics.csv"],
+                              run.problems)
 
-    run = _collect(run_dir, Path(train_dir) if train_dir else None, out_abs)
-    if not run.data and not run.event_roots:
-        listed = ", ".join(["metrics.json", *[n for n in EXPECTED_FILES if n != "metrics.json"], "slice_metrics.csv"])
-        why = f"; unreadable: {'; '.join(run.problems)}" if run.problems else ""
-        raise DataError(f"{run_dir}: nothing to report: no {listed} and no training logs "
-                        f"(events.out.tfevents.*){why}")
-
-    keep = held_locks()
-    lock_folder(out, "report")
-    tmp = out.parent / f".tmp-{uuid.uuid4().hex[:8]}-{out.name}"
-    try:
-        (tmp / "img").mkdir(parents=True)
+    with staged_folder(out, lock=out, purpose="report") as tmp:
+        (tmp / "img").mkdir()
         b = _Builder(run, tmp / "img", max_lesion_rows)
         b.contents()
         b.summary()
@@ -575,10 +546,5 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
             subtitle += " &middot; 2D slice run"
         atomic_write_text(tmp / "index.html", b.html(title, subtitle))
         (tmp / MARKER).write_text("report folder written by monai-pipeline; replaced whole on the next report\n")
-        replace_folder(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        release_locks(keep)
     logger.info("report written to %s", out / "index.html")
     return out / "index.html"

@@ -1,4 +1,4 @@
-"""Low-level file helpers shared by every stage: atomic writes and folder locks.
+"""Atomic writes, folder swaps and folder locks: the one place these patterns live.
 
 A file is first written next to its destination under a hidden temporary name that keeps the
 destination's extension (so format-by-extension writers still work), flushed to disk, then renamed over
@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import sys
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
+if sys.platform != "win32":
+    import fcntl
 
-__all__ = ["atomic_path", "atomic_write", "atomic_write_text", "write_nifti", "replace_folder", "lock_folder",
+__all__ = ["atomic_path", "atomic_write", "atomic_write_text", "replace_folder", "staged_folder", "lock_folder",
            "release_locks", "held_locks", "FolderLockedError"]
 
 
@@ -65,28 +68,12 @@ def atomic_write(dest: str | Path, writer: Callable[[Path], None]) -> Path:
     return Path(dest)
 
 
-def write_nifti(array: np.ndarray, affine: np.ndarray, dest: str | Path) -> Path:
-    """Write ``array`` (voxel order i, j, k) with a 4x4 RAS ``affine`` (mm) as NIfTI-1, atomically.
-
-    Both the qform and the sform are set to ``affine`` with code 1 (scanner anatomical), so every reader
-    (nibabel, ITK/SimpleITK, 3D Slicer) sees the same geometry.
-    """
-    import nibabel as nib
-
-    img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=float))
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    return atomic_write(dest, lambda tmp: nib.save(img, str(tmp)))
-
-
 def replace_folder(tmp: str | Path, final: str | Path) -> Path:
     """Move the complete folder ``tmp`` to ``final`` (same parent), replacing an old ``final`` only now.
 
     The old folder is renamed aside first and removed after the swap (restored if the swap fails), so a
     crash leaves the old folder, the new one, or a hidden ``.old-*`` copy beside it, never a mix.
     """
-    import shutil
-
     tmp, final = Path(tmp), Path(final)
     old = None
     if final.exists():
@@ -109,6 +96,41 @@ def replace_folder(tmp: str | Path, final: str | Path) -> Path:
     except OSError:
         pass
     return final
+
+
+@contextlib.contextmanager
+def staged_folder(final: str | os.PathLike, lock: str | os.PathLike | None = None, purpose: str = "run") -> Iterator[Path]:
+    """Build a folder under a hidden temporary name beside ``final`` and swap it in whole when complete.
+
+    Yields the (created, empty) temporary folder. When the block ends without an exception the folder
+    replaces ``final`` (:func:`replace_folder`: an older ``final`` is removed only then); on any exception it
+    is removed and ``final`` is left as it was. With ``lock`` (a folder) the lock is held for the duration
+    (:func:`lock_folder`); a first failed build leaves no empty parent folder behind. Hidden leftovers of a
+    killed earlier build of the same ``final`` (``.tmp-*``/``.old-*``) are removed first, under the lock.
+    """
+    final = Path(final)
+    before = held_locks()
+    if lock is not None:
+        lock_folder(lock, purpose)
+    created = not final.parent.exists()
+    tmp = final.parent / f".tmp-{uuid.uuid4().hex[:8]}-{final.name}"
+    done = False
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        leftover = re.compile(rf"^\.(tmp|old)-[0-9a-f]{{8}}-{re.escape(final.name)}$")
+        for p in final.parent.iterdir():
+            if p != tmp and leftover.match(p.name) and p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)  # left by an interrupted build
+        tmp.mkdir()
+        yield tmp
+        replace_folder(tmp, final)
+        done = True
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if created and not done and final.parent.is_dir() and not any(final.parent.iterdir()):
+            final.parent.rmdir()
+        release_locks(keep=before)
 
 
 class FolderLockedError(RuntimeError):
@@ -138,8 +160,6 @@ def lock_folder(folder: str | Path, purpose: str = "run") -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     if sys.platform == "win32":  # pragma: no cover - no flock; the run goes on unlocked
         return lock
-    import fcntl
-
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -1,6 +1,6 @@
 """Dataset integrity check: every problem of a dataset, not only the first (``monai-pipeline check``).
 
-Runs the validation of :mod:`monai_pipeline.data` file by file, collecting what it refuses instead of
+Runs the validation of :mod:`monai_pipeline.data.validate` file by file, collecting what it refuses instead of
 stopping at the first fault, and adds what a researcher wants to know before training: label values
 outside the declared labels, float label maps, masks that are not exactly binary, non-finite voxels,
 spacing outliers and duplicated images (by a hash of the voxel data) across cases and splits. Findings are
@@ -14,6 +14,7 @@ name says label/seg/mask/OT is checked as a label map).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -21,8 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from monai_pipeline.data import (IMAGE_SUFFIXES, DataError, check_pair, image_info, is_slice_file, pair_slices,
-                                 read_dataset_json, read_slice, read_voxels)
+from monai_pipeline.data.datasets import lidc_datalist, read_dataset_json
+from monai_pipeline.data.validate import check_pair, image_info, read_voxels
+from monai_pipeline.errors import DataError
+from monai_pipeline.io.naming import IMAGE_SUFFIXES, is_slice_file
+from monai_pipeline.io.slices import pair_slices, read_slice
 
 __all__ = ["Finding", "check_dataset", "format_table"]
 
@@ -62,7 +66,7 @@ class _Checker:
         except DataError as err:
             self.error(err, path)
             return None
-        self.spacings.append((str(path), tuple(float(s) for s in info["spacing"][:3])))
+        self.spacings.append((str(path), tuple(float(s) for s in info.spacing[:3])))
         arr = _voxels(path)
         if arr is None:
             self.add("error", path, "voxel data could not be read")
@@ -184,8 +188,6 @@ def check_dataset(root: str | os.PathLike) -> list[Finding]:
 
 
 def _check_msd(chk: _Checker, root: Path) -> None:
-    import json
-
     try:
         meta = read_dataset_json(root)
     except DataError as err:
@@ -215,8 +217,6 @@ def _check_msd(chk: _Checker, root: Path) -> None:
 
 
 def _check_lidc(chk: _Checker, root: Path) -> None:
-    from monai_pipeline.data import lidc_datalist
-
     try:
         items = lidc_datalist(root, validate=False)
     except DataError as err:

@@ -23,16 +23,25 @@ import logging
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
+import nibabel as nib
 import numpy as np
+from matplotlib.figure import Figure
+from scipy import ndimage
+from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+from vtkmodules.vtkCommonCore import vtkLogger
 
-from monai_pipeline.io import atomic_path
+from monai_pipeline.io.atomic import atomic_path
+from monai_pipeline.io.images import read_mask
+from monai_pipeline.io.naming import SLICE_SUFFIXES
+from monai_pipeline.io.slices import read_slice
 
-__all__ = ["overlay_montage", "training_curves", "read_scalars", "epoch_curves", "roc_plot", "froc_plot",
+__all__ = ["event_files", "overlay_montage", "training_curves", "read_scalars", "epoch_curves", "roc_plot", "froc_plot",
            "confusion_plot", "render_3d", "axial_display", "best_axial_slice", "window_range", "pick_cases",
            "offscreen_unavailable_reason", "RenderUnavailableError", "LUNG_WINDOW_HU"]
 
@@ -51,8 +60,6 @@ class RenderUnavailableError(RuntimeError):
 
 # --------------------------------------------------------------------------------------------- helpers
 def _figure(width: float, height: float):
-    from matplotlib.figure import Figure
-
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
@@ -72,9 +79,6 @@ def _load_volume(x: VolumeLike | None) -> tuple[np.ndarray, np.ndarray] | None:
         return np.asarray(x[0]), np.asarray(x[1], dtype=float)
     if isinstance(x, np.ndarray):
         return x, np.eye(4)
-    from monai_pipeline.data import SLICE_SUFFIXES, read_slice
-    from monai_pipeline.evaluation import read_mask
-
     if str(x).lower().endswith(SLICE_SUFFIXES):  # 2D slice files: rows/columns as stored, no geometry
         arr = read_slice(x, mask="_mask" in Path(x).name)
         if arr.ndim == 3:  # (H, W, C) image: its middle channel of three (FLAIR in the LGG layout), else the first
@@ -98,15 +102,13 @@ def axial_display(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, f
 
     Args:
         volume: ``(I, J, K)`` array in voxel order.
-        affine: 4x4 voxel-to-world matrix in RAS mm (:func:`monai_pipeline.evaluation.read_mask` gives it).
+        affine: 4x4 voxel-to-world matrix in RAS mm (:func:`monai_pipeline.io.images.read_mask` gives it).
 
     Returns:
         ``(stack, aspect)``: ``stack[k]`` is the k-th axial slice from inferior to superior as an image
         (row 0 = most anterior, column 0 = most patient-right, so patient left is on the image's right), and
         ``aspect`` is row spacing / column spacing for ``imshow(aspect=...)``.
     """
-    import nibabel as nib
-
     vol = np.asarray(volume)
     aff = np.asarray(affine, dtype=float)
     ornt = nib.orientations.io_orientation(aff)
@@ -156,8 +158,6 @@ def pick_cases(rows: Sequence[Mapping], key: str = "dice") -> list[tuple[str, Ma
 
 # ---------------------------------------------------------------------------------------- overlays
 def _outline(mask: np.ndarray) -> np.ndarray:
-    from scipy import ndimage
-
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
 
@@ -255,8 +255,6 @@ def _is_3d(case: Mapping) -> bool:
         return np.asarray(lab[0]).ndim >= 3
     if isinstance(lab, np.ndarray):
         return lab.ndim >= 3
-    from monai_pipeline.data import SLICE_SUFFIXES
-
     return not str(lab).lower().endswith(SLICE_SUFFIXES)
 
 
@@ -268,7 +266,7 @@ def _blend(gray: np.ndarray, mask: np.ndarray, colour: tuple[float, float, float
 
 
 # ----------------------------------------------------------------------------------- training curves
-def _event_files(event_dir: str | os.PathLike) -> list[Path]:
+def event_files(event_dir: str | os.PathLike) -> list[Path]:
     root = Path(event_dir)
     if root.is_file():
         return [root]
@@ -279,11 +277,9 @@ def read_scalars(event_dir: str | os.PathLike | Sequence[str | os.PathLike]) -> 
     """Every scalar of the TensorBoard event files under ``event_dir`` (searched recursively; a list of
     folders or files is searched in turn): ``{tag: [(step, value), ...]}`` sorted by step. A step logged twice
     (e.g. a resumed run) keeps its latest value. Unreadable files are skipped with a warning."""
-    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
-
     roots = [event_dir] if isinstance(event_dir, (str, os.PathLike)) else list(event_dir)
     merged: dict[str, dict[int, tuple[float, float]]] = {}
-    for f in [f for r in roots for f in _event_files(r)]:
+    for f in [f for r in roots for f in event_files(r)]:
         try:
             acc = EventAccumulator(str(f), size_guidance={SCALARS: 0})
             acc.Reload()
@@ -492,8 +488,6 @@ def offscreen_unavailable_reason(timeout: float = 120.0) -> str | None:
                 lines = [x for x in lines if x]
                 detail = lines[-1][-300:] if lines else "no message"
                 if proc.returncode < 0:
-                    import signal
-
                     try:
                         sig = signal.Signals(-proc.returncode).name
                     except ValueError:
@@ -534,11 +528,9 @@ def render_3d(masks: Mapping[str, tuple[np.ndarray, np.ndarray]], dest: str | os
     reason = offscreen_unavailable_reason()
     if reason:
         raise RenderUnavailableError(reason)
-    from vtkmodules.vtkCommonCore import vtkLogger
+    import pyvista as pv  # here, not at the top: only after the probe has shown that rendering works here
 
     vtkLogger.SetStderrVerbosity(vtkLogger.VERBOSITY_ERROR)  # no "bad X server connection" noise headless
-    import pyvista as pv
-
     style = style or {}
     surfaces = []
     solid_i = 0

@@ -1,8 +1,12 @@
 """Run this project's MONAI bundles from Python, exactly as ``python -m monai.bundle run`` would.
 
-The CLI and the Python API call :func:`run_bundle`; it passes the same config files (``common.json`` plus
-the workflow's own file plus any overlays) and the same ``key=value`` overrides to MONAI's own
-``monai.bundle.run``, so all three faces share one engine.
+The CLI and the Python API call :func:`run_bundle`; it passes the same config files and the same ``key=value``
+overrides to MONAI's own ``monai.bundle.run``, so all three faces share one engine. The files of a workflow
+(``WORKFLOW_FILES``) are merged in order, a later file overriding an earlier one's keys, then any overlays:
+``inference.json`` stands on its own (the Model Zoo's ``verify_bundle``, MONAI Label and 3D Slicer read it
+alone); ``train.json`` adds the data split, augmentation and trainer over it; ``evaluate.json`` reads the
+split, so it comes after ``train.json`` (inference + train + evaluate, the Model Zoo's train-then-evaluate
+order).
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from monai_pipeline.data import DataError
-from monai_pipeline.io import FolderLockedError, held_locks, release_locks
+from monai.bundle import ConfigParser, create_workflow
+
+from monai_pipeline.errors import DataError
+from monai_pipeline.io.atomic import FolderLockedError, held_locks, release_locks
 
 __all__ = ["BUNDLES", "bundle_dir", "bundle_configs", "run_bundle", "resolve", "parse_overrides", "device_override"]
 
@@ -27,10 +33,10 @@ BUNDLES = {
 }
 
 WORKFLOW_FILES = {
-    "train": ["common.json", "train.json"],
-    "evaluate": ["common.json", "evaluate.json"],
-    "inference": ["common.json", "inference.json"],
-    "multi_gpu_train": ["common.json", "train.json", "multi_gpu_train.json"],
+    "train": ["inference.json", "train.json"],
+    "evaluate": ["inference.json", "train.json", "evaluate.json"],
+    "inference": ["inference.json"],
+    "multi_gpu_train": ["inference.json", "train.json", "multi_gpu_train.json"],
 }
 
 
@@ -44,7 +50,7 @@ def bundle_dir(name: str) -> Path:
         return candidate.resolve()
     folder = BUNDLES.get(name, name)
     roots = [Path(p) for p in os.environ.get("MONAI_PIPELINE_BUNDLES", "").split(os.pathsep) if p]
-    roots.append(Path(__file__).resolve().parents[1] / "bundles")
+    roots.append(Path(__file__).resolve().parents[2] / "bundles")
     for root in roots:
         if (root / folder / "configs").is_dir():
             return (root / folder).resolve()
@@ -106,8 +112,6 @@ def _data_errors() -> Iterator[None]:
 def resolve(name: str, workflow: str, ids: Sequence[str], overlays: Sequence[str | os.PathLike] = (),
             **overrides: Any) -> list[Any]:
     """Instantiate config items ``ids`` of a bundle workflow (e.g. its datalists, which validates them)."""
-    from monai.bundle import ConfigParser
-
     root = bundle_dir(name)
     parser = ConfigParser()
     parser.read_config(bundle_configs(name, workflow, overlays))
@@ -120,22 +124,25 @@ def run_bundle(name: str, workflow: str, overlays: Sequence[str | os.PathLike] =
                **overrides: Any) -> Any:
     """Run a bundle workflow in this process; ``overrides`` are the bundle's config ids (``epochs=2``).
 
+    Does what ``monai.bundle.run`` does (create the workflow, run it, finalize it) and returns the finished
+    workflow, so the caller can read what the run made (``workflow.parser.get_parsed_content("progress")``).
     A :class:`DataError` raised while the config is built (a bad input file) comes out as itself.
     """
-    from monai.bundle import run
-
     root = bundle_dir(name)
     overrides.setdefault("bundle_root", str(root))
     logger.info("running %s %s with %s", root.name, workflow, overrides)
     before = held_locks()
     try:
         with _data_errors():
-            return run(
+            flow = create_workflow(
                 config_file=bundle_configs(name, workflow, overlays),
                 meta_file=str(root / "configs" / "metadata.json"),
                 logging_file=str(root / "configs" / "logging.conf"),
                 tracking=tracking,
                 **overrides,
             )
+            flow.run()
+            flow.finalize()
+            return flow
     finally:
         release_locks(keep=before)  # locks the run took (output folders) end with it

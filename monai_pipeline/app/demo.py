@@ -13,14 +13,13 @@ import logging
 import time
 from pathlib import Path
 
-from monai_pipeline.bundles import device_override, run_bundle
-from monai_pipeline.data import msd_datalist
-from monai_pipeline.evaluation import read_metric_details, score_pairs
-from monai_pipeline.export import mask_path
-from monai_pipeline.inference import predict
-from monai_pipeline.io import atomic_write_text
-from monai_pipeline.synthetic import PhantomSpec, write_msd_dataset
-from monai_pipeline.training import train
+from monai_pipeline.app.api import segment, train
+from monai_pipeline.app.bundles import device_override, run_bundle
+from monai_pipeline.app.synthetic import PhantomSpec, write_msd_dataset
+from monai_pipeline.data.datasets import msd_datalist
+from monai_pipeline.evaluation.run import read_metric_details, score_pairs
+from monai_pipeline.io.atomic import atomic_write_text
+from monai_pipeline.io.naming import mask_path
 
 __all__ = ["run_demo", "DEMO_SETTINGS"]
 
@@ -80,7 +79,7 @@ def run_demo(out: str | Path = "demo_output", epochs: int = 40, num_train: int =
     test_images = [d["image"] for d in msd_datalist(data_dir, split="test")]
     masks_dir = out / "masks"
     infer_overrides = {k: v for k, v in overrides.items() if k not in ("dataset_dir", "ckpt_dir")}
-    masks = predict(test_images, ckpt_dir, masks_dir, **infer_overrides)
+    masks = segment(test_images, ckpt_dir, masks_dir, **infer_overrides).masks
     timings["inference_s"] = time.perf_counter() - t
     pairs = [(m, data_dir / "labelsTs" / Path(img).name) for m, img in zip(masks, test_images)]
     test_rows = score_pairs(pairs)

@@ -39,7 +39,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _overrides(args: argparse.Namespace, **known: Any) -> dict[str, Any]:
     """``--set`` values, then ``--device``, then the named options given on the command line (these win)."""
-    from monai_pipeline.bundles import device_override, parse_overrides
+    from monai_pipeline.app.bundles import device_override, parse_overrides
 
     try:
         out = parse_overrides(args.set)
@@ -52,7 +52,7 @@ def _overrides(args: argparse.Namespace, **known: Any) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ commands
 def cmd_synth(args: argparse.Namespace) -> int:
-    from monai_pipeline.synthetic import PhantomSpec, write_brain_slices, write_brain_volumes, write_msd_dataset
+    from monai_pipeline.app.synthetic import PhantomSpec, write_brain_slices, write_brain_volumes, write_msd_dataset
 
     if args.kind == "brain-slices":
         path = write_brain_slices(args.out, args.num_train + args.num_test, args.seed)
@@ -69,7 +69,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from monai_pipeline.training import train
+    from monai_pipeline.app.api import train
 
     overrides = _overrides(args, output_dir=args.output_dir, ckpt_dir=args.ckpt_dir, epochs=args.epochs,
                            val_interval=args.val_interval, resume=args.resume or None)
@@ -79,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_bundle(args: argparse.Namespace) -> int:
-    from monai_pipeline.bundles import run_bundle
+    from monai_pipeline.app.bundles import run_bundle
 
     overrides = _overrides(args, dataset_dir=str(Path(args.dataset_dir).resolve()), output_dir=args.output_dir,
                            ckpt_dir=args.ckpt_dir)
@@ -90,18 +90,18 @@ def cmd_evaluate_bundle(args: argparse.Namespace) -> int:
 def cmd_infer(args: argparse.Namespace) -> int:
     """Segment; resume by default (complete masks are kept). Exit 1 when any input failed (the others are
     written; the failed ones are listed in ``<output-dir>/failed.json``)."""
-    from monai_pipeline.inference import run_inference
+    from monai_pipeline.app.api import segment
 
     if args.distributed and "WORLD_SIZE" not in os.environ:
         raise SystemExit("error: infer --distributed runs under torchrun: torchrun --nproc_per_node=N -m "
-                         "monai_pipeline.cli infer --distributed ...")
+                         "monai_pipeline.app.cli infer --distributed ...")
     images = args.images[0] if len(args.images) == 1 else args.images
     overrides = {k: v for k, v in _overrides(args).items() if k not in ("ckpt_dir", "output_dir", "output_ext")}
     overrides.setdefault("failures_file", str(Path(args.output_dir) / "failed.json"))
     if args.overwrite:
         overrides["overwrite"] = True
-    summary = run_inference(images, args.ckpt_dir, args.output_dir, args.bundle, args.ext, args.config,
-                            distributed=args.distributed, **overrides)
+    summary = segment(images, args.ckpt_dir, args.output_dir, args.bundle, args.ext, args.config,
+                      distributed=args.distributed, **overrides).summary
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{summary['written']} mask(s) written to {args.output_dir}, {summary['done']} skipped as already "
               f"done, {summary['failed']} failed")
@@ -113,16 +113,15 @@ def cmd_infer(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import math
 
-    from monai_pipeline.data import DataError
-    from monai_pipeline.evaluation import evaluate_folders
+    from monai_pipeline.app.api import evaluate
+    from monai_pipeline.data.validate import check_folder
 
     for folder in (args.pred, args.label):
-        if not Path(folder).is_dir():
-            raise DataError(f"{folder}: folder not found")
+        check_folder(folder)
     if any(Path(args.pred).rglob("*.png")):
         return _evaluate_slices(args)
     threshold, source = _presence_threshold(args)
-    res = evaluate_folders(args.pred, args.label, args.out, args.postfix or "seg", args.images, args.prob,
+    res = evaluate(args.pred, args.label, args.out, args.postfix or "seg", args.images, args.prob,
                            tolerance_mm=args.tolerance_mm, resample=args.resample, presence_threshold=threshold,
                            presence_threshold_source=source)
     fmt = lambda v: "   n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:6.2f}"  # noqa: E731
@@ -151,19 +150,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _presence_threshold(args: argparse.Namespace) -> tuple[float | None, str | None]:
     """The tumour present/absent threshold: given, or taken from a validation run's presence.json."""
-    from monai_pipeline.data import DataError
+    from monai_pipeline.data.validate import read_presence_threshold
 
     if args.presence_threshold is not None:
         return args.presence_threshold, "given on the command line (--presence-threshold)"
     if args.presence_threshold_from:
         path = Path(args.presence_threshold_from)
-        try:
-            value = float(json.loads(path.read_text())["tuned_threshold"])
-        except FileNotFoundError:
-            raise DataError(f"{path}: file not found") from None
-        except (ValueError, KeyError, TypeError) as err:
-            raise DataError(f"{path}: not a presence.json with a tuned_threshold ({err})") from None
-        return value, f"tuned on the cases of {path} (maximum F1) and applied here unchanged"
+        return read_presence_threshold(path), f"tuned on the cases of {path} (maximum F1) and applied here unchanged"
     return None, None
 
 
@@ -172,7 +165,7 @@ def _evaluate_slices(args: argparse.Namespace) -> int:
     import statistics
 
     from monai_pipeline.evaluation import csv_text, presence_summary, score_slice_folders
-    from monai_pipeline.io import atomic_write_text
+    from monai_pipeline.io.atomic import atomic_write_text
 
     slices, patients = score_slice_folders(args.pred, args.label, args.postfix or "mask")
     for r in patients:
@@ -211,8 +204,8 @@ def _evaluate_slices(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from monai_pipeline.check import check_dataset, findings_json, format_table
-    from monai_pipeline.io import atomic_write_text
+    from monai_pipeline.data.check import check_dataset, findings_json, format_table
+    from monai_pipeline.io.atomic import atomic_write_text
 
     findings = check_dataset(args.dataset)
     print(format_table(findings, args.dataset if Path(args.dataset).is_dir() else ""))
@@ -224,15 +217,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_export_slicer(args: argparse.Namespace) -> int:
-    from monai_pipeline.data import DataError
-    from monai_pipeline.export import export_slicer, export_slicer_folders, parse_segment_names
+    from monai_pipeline.data.validate import check_export_inputs, segment_names
+    from monai_pipeline.slicer.export import export_slicer, export_slicer_folders
 
-    names = parse_segment_names(args.names)
-    if Path(args.image).is_dir() or Path(args.mask).is_dir():
-        if not (Path(args.image).is_dir() and Path(args.mask).is_dir()):
-            raise DataError(f"--image {args.image} and --mask {args.mask}: give two files or two folders")
-        if args.case_id:
-            raise DataError("--case-id names one case; with folders each case keeps its own ID")
+    names = segment_names(args.names)
+    if check_export_inputs(args.image, args.mask, args.case_id):
         folders = export_slicer_folders(args.image, args.mask, args.out, names, postfix=args.postfix)
     else:
         folders = [export_slicer(args.image, args.mask, args.out, names, case_id=args.case_id)]
@@ -250,7 +239,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from monai_pipeline.demo import run_demo
+    from monai_pipeline.app.demo import run_demo
 
     run_demo(args.out, epochs=args.epochs, num_train=args.num_train, num_test=args.num_test, seed=args.seed,
              device=args.device)
@@ -368,8 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from monai_pipeline.data import DataError
-    from monai_pipeline.io import FolderLockedError
+    from monai_pipeline.errors import DataError
+    from monai_pipeline.io.atomic import FolderLockedError
 
     try:
         return int(args.func(args) or 0)

@@ -1,0 +1,21 @@
+"""Data stage: validate every input once, read datasets into MONAI datalists, split them by patient.
+
+- :mod:`~monai_pipeline.data.validate`: the input checks (:class:`~monai_pipeline.errors.DataError` naming file and fault);
+- :mod:`~monai_pipeline.data.datasets`: MSD, image lists, LIDC-IDRI crops, LGG slice folders, brain volumes;
+- :mod:`~monai_pipeline.data.splits`: patient-level random, k-fold and three-way splits;
+- :mod:`~monai_pipeline.data.check`: the integrity table of ``monai-pipeline check``.
+
+The dataset functions are re-exported here: bundle configs name them ``monai_pipeline.data.msd_datalist``.
+"""
+
+from monai_pipeline.data.datasets import (brain_datalist, brain_test_images, declared_labels, gather_paths,
+                                          image_datalist, lgg_datalist, lidc_datalist, lidc_split, msd_datalist,
+                                          msd_test_datalist, read_dataset_json, slice_folder)
+from monai_pipeline.data.splits import kfold_split, split_train_val
+from monai_pipeline.data.validate import check_label_values, check_pair, image_info, validate_datalist
+from monai_pipeline.errors import DataError
+
+__all__ = ["DataError", "brain_datalist", "brain_test_images", "check_label_values", "check_pair", "declared_labels",
+           "gather_paths", "image_datalist", "image_info", "kfold_split", "lgg_datalist", "lidc_datalist", "lidc_split",
+           "msd_datalist", "msd_test_datalist", "read_dataset_json", "slice_folder", "split_train_val",
+           "validate_datalist"]

@@ -1,0 +1,25 @@
+"""Engine: how runs execute (device, precision, processes), checkpoints, training guards and batch inference.
+
+- :mod:`~monai_pipeline.engine.runtime`: device, workers, torchrun's process group;
+- :mod:`~monai_pipeline.engine.precision`: ``precision auto`` and :class:`PrecisionInferer`;
+- :mod:`~monai_pipeline.engine.checkpoints`: atomic saving, latest checkpoint, resume;
+- :mod:`~monai_pipeline.engine.training`: the non-finite guard and the saved validation state;
+- :mod:`~monai_pipeline.engine.inference`: pending work, progress and failure isolation, the mask writer.
+
+Bundle configs name these as ``monai_pipeline.engine.<Name>``.
+"""
+
+from monai_pipeline.engine.checkpoints import (CheckpointSaver, attach_handlers, latest_checkpoint, remove_partial_files,
+                                               resume_handlers)
+from monai_pipeline.engine.inference import (FAILED_KEY, InferenceDataset, InferenceProgress, Pending, SaveMaskd,
+                                             existing_mask_problem, pending)
+from monai_pipeline.engine.precision import (PrecisionInferer, cpu_amx_supported, cpu_bf16_supported, cpu_flags,
+                                             resolve_precision, verifies)
+from monai_pipeline.engine.runtime import default_device, default_num_workers, dist_rank, init_distributed
+from monai_pipeline.engine.training import NONFINITE_EXIT_CODE, NonFiniteGuard, NonFiniteTrainingError, ValidationState
+
+__all__ = ["CheckpointSaver", "attach_handlers", "latest_checkpoint", "remove_partial_files", "resume_handlers",
+           "FAILED_KEY", "InferenceDataset", "InferenceProgress", "Pending", "SaveMaskd", "existing_mask_problem",
+           "pending", "PrecisionInferer", "cpu_amx_supported", "cpu_bf16_supported", "cpu_flags", "resolve_precision",
+           "verifies", "default_device", "default_num_workers", "dist_rank", "init_distributed", "NONFINITE_EXIT_CODE",
+           "NonFiniteGuard", "NonFiniteTrainingError", "ValidationState"]

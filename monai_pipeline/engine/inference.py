@@ -1,0 +1,489 @@
+"""Batch inference: what is left to do, progress and failure isolation, and the mask writer.
+
+The chain (LoadImaged -> ... -> SlidingWindowInferer -> ResampleToSourced or Invertd -> SaveMaskd) is the bundle's
+``inference.json``; :func:`monai_pipeline.segment` runs that same config. Over many volumes a run
+
+- resumes: :func:`pending` leaves out the cases whose mask already exists and is complete (checked from
+  the headers against the source image, before anything is loaded); ``overwrite`` redoes them all;
+- survives bad volumes: a file that fails validation, loading, preprocessing, inference or writing is
+  logged with its name and skipped (:class:`InferenceDataset`, :meth:`InferenceProgress.iteration`);
+- reports: :class:`InferenceProgress` logs one line per case with its time and a summary at the end
+  (written, skipped as done, failed with names);
+- splits over processes: under ``torchrun`` (``multi_gpu_inference.json``) rank 0 decides what is pending
+  and every rank segments its own share, each case exactly once.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import json
+import logging
+import os
+import re
+import struct
+import time
+from pathlib import Path
+from typing import Any, Hashable, Iterable, Mapping, Sequence
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.distributed as dist
+from ignite.engine import Events
+from monai.data import Dataset, partition_dataset
+from PIL import Image
+
+from monai_pipeline.data.datasets import gather_paths, image_datalist
+from monai_pipeline.data.validate import check_something_usable, check_unique_case_ids, image_info
+from monai_pipeline.engine.runtime import dist_rank
+from monai_pipeline.errors import DataError
+from monai_pipeline.io.atomic import atomic_write_text
+from monai_pipeline.io.images import is_nifti, read_image, read_properties, to_numpy, write_mask_like
+from monai_pipeline.io.naming import IMAGE_SUFFIXES, MASK_SUFFIXES, SLICE_SUFFIXES, case_id, first, is_slice_file, mask_path
+from monai_pipeline.io.slices import write_overlay, write_slice_mask_like
+
+__all__ = ["pending", "Pending", "existing_mask_problem", "InferenceDataset", "InferenceProgress", "SaveMaskd",
+           "FAILED_KEY", "fatal_os_error"]
+
+logger = logging.getLogger(__name__)
+
+FAILED_KEY = "inference_error"  # an item that could not be loaded carries this instead of its image
+# errors of the machine, not of one volume: they stop the run (the CLI reports them in one line)
+_FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+# ------------------------------------------------------------------------------------ what is left
+def _volume_problem(mask: Path, source: str) -> str | None:
+    m, src = read_properties(mask), read_properties(source)
+    n = m.ndim
+    if m.shape != src.shape[:n] or any(v != 1 for v in src.shape[n:]):
+        return f"shape {m.shape} is not the source's {src.shape}"
+    if not m.same_grid(src, n):
+        return f"geometry differs from the source's ({m.difference(src)})"
+    if is_nifti(mask):
+        img = nib.load(str(mask))  # header only
+        needed = int(getattr(img.dataobj, "offset", img.header.get_data_offset())) + int(np.prod(img.shape)) * img.get_data_dtype().itemsize
+        if mask.name.lower().endswith(".gz"):
+            # a gzip stream ends with the size of its uncompressed data (mod 2**32): a truncated file does not
+            with open(mask, "rb") as fh:
+                fh.seek(-4, os.SEEK_END)
+                isize = struct.unpack("<I", fh.read(4))[0]
+            if isize != needed % 2**32:
+                return f"truncated or corrupt (gzip trailer says {isize} bytes, the header needs {needed})"
+        elif mask.stat().st_size < needed:
+            return f"truncated ({mask.stat().st_size} bytes, the header needs {needed})"
+        return None
+    read_image(mask)  # NRRD / MHA: read it (a mask is small); a truncated payload raises
+    return None
+
+
+def _slice_problem(mask: Path, source: str) -> str | None:
+    with Image.open(mask) as m, Image.open(source) as s:
+        if m.size != s.size:
+            return f"size {m.size} is not the source slice's {s.size}"
+    with open(mask, "rb") as fh:
+        fh.seek(-12, os.SEEK_END)
+        if fh.read(12) != b"\0\0\0\0IEND\xaeB`\x82":
+            return "truncated PNG (no end chunk)"
+    return None
+
+
+def existing_mask_problem(mask: str | os.PathLike, source: str | os.PathLike,
+                          weights: str | os.PathLike | None = None) -> str | None:
+    """Why the existing ``mask`` of ``source`` must be made again, or None when it is complete.
+
+    Masks are written atomically, so a file under its final name was complete when written; this also
+    catches one damaged or replaced since, cheaply: the mask's header must give the source header's shape
+    and geometry, a ``.nii.gz`` must end with the gzip size field its header implies (a truncated one does
+    not), a ``.nii`` must be long enough, a PNG must end with its IEND chunk (NRRD/MHA masks are read
+    whole). A mask older than ``weights`` (the model file) was made by another model and is redone.
+    """
+    mask = Path(mask)
+    try:
+        st = mask.stat()
+    except OSError:
+        return "missing"
+    if st.st_size == 0:
+        return "empty file"
+    if weights is not None and Path(weights).is_file() and st.st_mtime_ns < Path(weights).stat().st_mtime_ns:
+        return f"older than the model weights {weights}"
+    try:
+        if mask.name.lower().endswith(".png"):
+            return _slice_problem(mask, str(source))
+        return _volume_problem(mask, str(source))
+    except Exception as err:  # any reader error means: not usable as it is
+        detail = " ".join(str(err).split())[-300:] or type(err).__name__
+        return f"unreadable ({detail})"
+
+
+class Pending(list):
+    """The validated datalist items still to segment (``{"image", "case_id"}``), plus what was left out.
+
+    Attributes:
+        done: cases whose mask already exists and is complete (``case_id``, ``image``, ``mask``).
+        rejected: inputs refused by validation (``case_id``, ``image``, ``mask``, ``error``).
+        masks: mask path of every case of the input, by case ID.
+        order: position of every case in the input, by case ID.
+        mask_of: mask path of every case by its (first) source file, as the loaded image's metadata names it
+            (what :class:`SaveMaskd` looks up).
+    """
+
+    def __init__(self, items: Iterable[dict] = (), done: list[dict] | None = None,
+                 rejected: list[dict] | None = None, masks: dict[str, str] | None = None,
+                 order: dict[str, int] | None = None, mask_of: dict[str, str] | None = None) -> None:
+        super().__init__(items)
+        self.done = done or []
+        self.rejected = rejected or []
+        self.masks = masks or {}
+        self.order = order or {}
+        self.mask_of = mask_of or {}
+
+
+def _scan(entries: list, output_dir: str | os.PathLike, postfix: str, ext: str, overwrite: bool,
+          weights: str | os.PathLike | None) -> tuple[list[dict], list[dict]]:
+    """Split the inputs into ``(done, todo)`` records by the state of their masks."""
+    check_unique_case_ids(first(e) for e in entries)
+    done, todo = [], []
+    for index, entry in enumerate(entries):
+        head = first(entry)
+        cid = case_id(head)
+        mask = mask_path(head, output_dir, postfix, ".png" if is_slice_file(head) else ext)
+        rec = {"case_id": cid, "image": entry, "mask": str(mask), "index": index}
+        problem = "overwrite" if overwrite else existing_mask_problem(mask, head, weights)
+        if problem is None:
+            done.append(rec)
+            continue
+        if problem not in ("missing", "overwrite"):
+            logger.warning("%s: existing mask %s; segmenting %s again", mask, problem, head)
+        todo.append(rec)
+    return done, todo
+
+
+def pending(datalist: str | os.PathLike | Iterable, output_dir: str | os.PathLike, postfix: str = "seg",
+            ext: str = ".nii.gz", overwrite: bool = False, skip_bad: bool = True, ndim: int = 3,
+            slices: bool = False, weights: str | os.PathLike | None = None, distributed: bool = False) -> Pending:
+    """The inference datalist of the cases still to do: the inputs minus those whose mask is complete.
+
+    Runs before anything is loaded: the done check reads headers only (:func:`existing_mask_problem`),
+    and only the remaining inputs are validated (:func:`~monai_pipeline.data.image_datalist`).
+
+    Args:
+        datalist: image paths (or lists of modality paths), a folder, or a ``.txt`` list of paths.
+        output_dir, postfix, ext: where the masks go: ``<output_dir>/<case>_<postfix><ext>`` (2D slices:
+            ``.png``), as :class:`~monai_pipeline.export.SaveMaskd` names them.
+        overwrite: segment every input again, complete masks included.
+        skip_bad: an input that fails validation is logged and left out (listed in ``Pending.rejected``)
+            instead of stopping the run; :class:`~monai_pipeline.data.DataError` only when no input is
+            usable and none is done. False: the first bad input raises.
+        ndim, slices: as for :func:`~monai_pipeline.data.image_datalist`.
+        weights: model file; a mask older than it is redone.
+        distributed: under an initialised ``torch.distributed`` group, rank 0 decides what is pending (so
+            no rank sees another's new masks), and each rank keeps and validates its own share
+            (``monai.data.partition_dataset``, no padding: every case exactly once).
+    """
+    rank, world = dist_rank() if distributed else (0, 1)
+    entries = gather_paths(datalist, IMAGE_SUFFIXES + (SLICE_SUFFIXES if slices else ()))
+    if world > 1:
+        plan: list[Any] = [_scan(entries, output_dir, postfix, ext, overwrite, weights) if rank == 0 else None]
+        dist.broadcast_object_list(plan, src=0)
+        done, todo = plan[0]
+    else:
+        done, todo = _scan(entries, output_dir, postfix, ext, overwrite, weights)
+    if rank == 0:
+        if done:
+            logger.info("resume: %d of %d case(s) already have a complete mask in %s and are skipped "
+                        "(overwrite=True redoes them)", len(done), len(entries), output_dir)
+        if overwrite:
+            logger.info("overwrite: all %d case(s) are segmented again", len(entries))
+    total_todo = len(todo)
+    if world > 1:
+        todo = partition_dataset(todo, num_partitions=world, shuffle=False, even_divisible=False)[rank] \
+            if len(todo) >= world else todo[rank:rank + 1]
+        logger.info("rank %d of %d: %d of the %d pending case(s)", rank, world, len(todo), total_todo)
+    good, rejected = [], []
+    for rec in todo:
+        if not skip_bad:
+            good.append(rec)
+            continue
+        try:
+            image_datalist([rec["image"]], ndim, slices, thorough=False)
+            good.append(rec)
+        except DataError as err:
+            rejected.append({**rec, "error": str(err)})
+            logger.warning("skipped: %s", err)
+    if rejected:
+        logger.warning("skipped %d unusable input(s) of %d:\n  %s", len(rejected), len(todo),
+                       "\n  ".join(r["error"] for r in rejected))
+        if world == 1:
+            check_something_usable(len(good) + len(done), [r["error"] for r in rejected])
+    items = image_datalist([r["image"] for r in good], ndim, slices, thorough=False) if good else []  # strict: raises here
+    recs = done + todo
+    return Pending(items, done=done, rejected=rejected, masks={r["case_id"]: r["mask"] for r in recs},
+                   order={r["case_id"]: r["index"] for r in recs}, mask_of={first(r["image"]): r["mask"] for r in recs})
+
+
+# ------------------------------------------------------------------------------ running, one by one
+def _chain(err: BaseException) -> list[BaseException]:
+    out = [err]
+    while out[-1].__cause__ is not None and len(out) < 50:
+        out.append(out[-1].__cause__)
+    return out
+
+
+def fatal_os_error(err: BaseException) -> OSError | None:
+    """The machine's own error (disk full or read-only) inside an exception chain MONAI wrapped, as itself."""
+    for cause in _chain(err):
+        if isinstance(cause, OSError) and cause.errno in _FATAL_ERRNOS:
+            return OSError(cause.errno, cause.strerror, cause.filename)
+    return None
+
+
+def _describe(err: BaseException) -> str:
+    """One line for an exception raised through MONAI's transform chain: the innermost transform named in
+    it and the root cause."""
+    chain = _chain(err)
+    names = [m.group(1) for e in chain for m in [re.search(r"applying transform <([\w.]+)", str(e))] if m]
+    root = chain[-1]
+    text = " ".join(str(root).split())[:500] or type(root).__name__
+    name = names[-1].rsplit(".", 1)[-1] if names else None
+    return f"{name + ': ' if name else ''}{type(root).__name__}: {text}"
+
+
+class InferenceDataset(Dataset):
+    """A :class:`monai.data.Dataset` whose item is a failure record, not an exception, when its transform fails.
+
+    An input that passed validation can still fail to load or preprocess (an unusual voxel type, a file
+    changed since). The item becomes ``{"case_id": ..., FAILED_KEY: "<transform>: <error>"}``, which
+    :meth:`InferenceProgress.iteration` records as failed, and the run goes on with the next case.
+    """
+
+    def _transform(self, index: int):
+        try:
+            return super()._transform(index)
+        except Exception as err:
+            item = self.data[index]
+            message = _describe(err)
+            logger.error("%s: loading/preprocessing failed (%s); skipped", first(item["image"]), message)
+            return {"case_id": item["case_id"], FAILED_KEY: message}
+
+
+def _batch_cases(batch: Any) -> list[str]:
+    """Case IDs of a batch: its ``case_id`` entries, else the case IDs of its images' source files."""
+    if isinstance(batch, dict):
+        cid = batch.get("case_id")
+        if cid is None:
+            names = getattr(batch.get("image"), "meta", {}).get("filename_or_obj", [])
+            return [case_id(n) for n in ([names] if isinstance(names, str) else names)]
+        return [cid] if isinstance(cid, str) else [str(c) for c in cid]
+    if isinstance(batch, list):
+        return [c for b in batch for c in _batch_cases(b)]
+    return []
+
+
+class InferenceProgress:
+    """Ignite handler of an inference run over many volumes: progress, failure isolation, summary.
+
+    - One log line per case, with its time (loading included) and the expected time left:
+      ``case 12/300 lung_012: 8.4 s (eta 0:40:12)``.
+    - :meth:`iteration` is the evaluator's ``iteration_update``: it runs the evaluator's own step
+      (inference, ``Invertd``, ``SaveMaskd``) and, when that raises, logs the file and the error, records
+      the case as failed and lets the run go on. A full or read-only disk still stops the run.
+    - :meth:`finish` (the bundle's last ``run`` step) gathers the records of every rank, logs the
+      summary (N written, M skipped as done, K failed with their files and errors), writes
+      ``failures_file`` (JSON) when given and any failed (and removes a stale one when none did), and
+      returns the summary.
+
+    Args:
+        cases: the run's datalist, as :func:`pending` returns it (its ``done`` and ``rejected`` are counted).
+        failures_file: JSON listing of failed cases, written atomically by rank 0; None: none.
+    """
+
+    def __init__(self, cases: Sequence[dict], failures_file: str | os.PathLike | None = None) -> None:
+        masks = getattr(cases, "masks", {})
+        order = getattr(cases, "order", {})
+        self.failures_file = Path(failures_file) if failures_file else None
+        self.records: dict[str, dict] = {}
+        for status, recs in [("done", getattr(cases, "done", [])), ("failed", getattr(cases, "rejected", [])),
+                             ("pending", cases)]:
+            for rec in recs:
+                r = {**self._rec(rec, masks, order), "status": status}
+                if "error" in rec:
+                    r["error"] = rec["error"]
+                self.records[r["case_id"]] = r
+        self.total = len(cases)
+        self.count = 0
+        self.seconds = 0.0
+        self._start = time.perf_counter()
+        self._cases: list[str] = []
+        self._failed: dict[str, str] = {}
+        self.summary: dict | None = None  # set by finish()
+
+    @staticmethod
+    def _rec(rec: dict, masks: dict, order: dict) -> dict:
+        cid = rec.get("case_id") or case_id(first(rec["image"]))
+        return {"case_id": cid, "image": first(rec["image"]), "mask": masks.get(cid, rec.get("mask")),
+                "index": order.get(cid, rec.get("index", 0))}
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.GET_BATCH_STARTED, self._batch_started)
+        engine.add_event_handler(Events.ITERATION_STARTED, self._iteration_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
+
+    def _batch_started(self, engine) -> None:
+        self._start = time.perf_counter()
+
+    def _iteration_started(self, engine) -> None:
+        self._cases = _batch_cases(engine.state.batch)
+        self._failed = {}
+
+    def iteration(self, engine, batchdata: Any) -> Any:
+        """The evaluator's step for one batch, or a recorded failure when the batch cannot be segmented."""
+        if isinstance(batchdata, dict) and FAILED_KEY in batchdata:
+            for cid, msg in zip(_batch_cases(batchdata), batchdata[FAILED_KEY]):
+                self._failed[cid] = msg
+            return []
+        try:
+            return engine._iteration(engine, batchdata)
+        except Exception as err:
+            fatal = fatal_os_error(err)  # MONAI wraps it in RuntimeErrors
+            if fatal is not None:
+                raise fatal from err
+            message = _describe(err)
+            for cid in _batch_cases(batchdata):
+                self._failed[cid] = message
+                logger.error("%s: segmentation failed (%s); skipped",
+                             self.records.get(cid, {}).get("image", cid), message)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return []
+
+    def _iteration_completed(self, engine) -> None:
+        elapsed = time.perf_counter() - self._start
+        cases = self._cases or ["?"]
+        for cid in cases:
+            self.count += 1
+            rec = self.records.setdefault(cid, {"case_id": cid, "image": cid, "mask": None, "index": 1 << 30})
+            rec["seconds"] = round(elapsed / len(cases), 2)
+            if cid in self._failed:
+                err, image = self._failed[cid], str(rec["image"])
+                rec.update(status="failed", error=err if err.startswith(image) else f"{image}: {err}")
+            else:
+                rec["status"] = "written"
+        self.seconds += elapsed
+        eta = self.seconds / self.count * max(self.total - self.count, 0)
+        rank, world = dist_rank()
+        who = f"rank {rank}: " if world > 1 else ""
+        status = " FAILED" if any(c in self._failed for c in cases) else ""
+        logger.info("%scase %d/%d %s: %.1f s%s (eta %s)", who, self.count, self.total, ", ".join(cases), elapsed,
+                    status, datetime.timedelta(seconds=round(eta)))
+
+    def finish(self) -> dict:
+        """Gather every rank's records, log the summary, write/remove ``failures_file``; return the summary."""
+        records = dict(self.records)
+        rank, world = dist_rank()
+        if world > 1:
+            gathered: list[Any] = [None] * world
+            dist.all_gather_object(gathered, records)
+            records = {}
+            for part in gathered:
+                for cid, rec in part.items():
+                    if rec["status"] != "done" or cid not in records:
+                        records[cid] = rec
+        cases = sorted(records.values(), key=lambda r: r["index"])
+        for rec in cases:
+            if rec["status"] == "pending":  # never reached (cannot happen unless the run stopped early)
+                rec.update(status="failed", error=f"{rec['image']}: not segmented (the run ended before it)")
+        count = {s: sum(r["status"] == s for r in cases) for s in ("written", "done", "failed")}
+        failures = [{k: r.get(k) for k in ("case_id", "image", "error")} for r in cases if r["status"] == "failed"]
+        summary = {**count, "cases": [{k: v for k, v in r.items() if k != "index"} for r in cases],
+                   "failures": failures}
+        if rank == 0:
+            logger.info("inference summary: %d written, %d skipped as done, %d failed", count["written"],
+                        count["done"], count["failed"])
+            for f in failures:
+                logger.error("failed: %s", f["error"])
+            if self.failures_file is not None:
+                if failures:
+                    atomic_write_text(self.failures_file, json.dumps(failures, indent=2) + "\n")
+                    logger.info("failed cases listed in %s", self.failures_file)
+                elif self.failures_file.is_file():
+                    self.failures_file.unlink()  # from an earlier run: nothing failed this time
+        self.summary = summary
+        return summary
+
+
+class SaveMaskd:
+    """Dictionary transform: write ``data[key]`` with the geometry of the file ``data[source_key]`` came from.
+
+    Use after ``Invertd`` and ``AsDiscreted(argmax=True)`` so the mask is on the source grid.
+
+    Args:
+        keys: key(s) of the mask(s), ``(1, *spatial)`` or ``(*spatial)`` arrays or tensors.
+        source_key: key of the image whose ``meta["filename_or_obj"]`` is the source file.
+        output_dir: folder for the masks (created).
+        output_postfix: appended to the case ID (``lung_001_seg.nii.gz``).
+        output_ext: ``.nii.gz`` (default), ``.nii``, ``.nrrd`` or ``.mha``.
+        one_hot: the mask is one-hot ``(C, *spatial)``; its argmax over C is written.
+        overlay: for slice stacks, also write ``<slice>_overlay.png`` (image with the mask shaded).
+        overlay_channel: channel shown in grey in the overlays; None shows the image as stored.
+        masks: each case's mask path by source file, as :func:`pending` computed them (``Pending.mask_of``); a
+            source not in it gets ``<output_dir>/<case>_<postfix><ext>``.
+
+    The source's geometry comes from its validated header (:func:`~monai_pipeline.data.validate.image_info`,
+    cached per file), not from another read of the file. A stack of 2D slices (``meta["slice_files"]``, one file per line, from :class:`~monai_pipeline.transforms.LoadBrainImaged`)
+    is written slice by slice: ``<slice>_<postfix>.png`` (0/255, each slice's own size).
+    """
+
+    def __init__(self, keys: Hashable | Sequence[Hashable] = "pred", source_key: str = "image",
+                 output_dir: str | os.PathLike = "./eval", output_postfix: str = "seg",
+                 output_ext: str = ".nii.gz", one_hot: bool = False, overlay: bool = False,
+                 overlay_channel: int | None = None, masks: Mapping[str, str] | None = None) -> None:
+        self.masks = dict(masks or {})
+        self.keys = [keys] if isinstance(keys, (str, bytes)) or not isinstance(keys, Sequence) else list(keys)
+        self.source_key = source_key
+        self.output_dir = Path(output_dir)
+        self.output_postfix = output_postfix
+        if not output_ext.startswith("."):
+            output_ext = "." + output_ext
+        if output_ext.lower() not in MASK_SUFFIXES:
+            raise ValueError(f"output_ext must be one of {MASK_SUFFIXES}, got {output_ext!r}")
+        self.output_ext = output_ext
+        self.one_hot = one_hot
+        self.overlay, self.overlay_channel = overlay, overlay_channel
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        src = d[self.source_key]
+        meta = getattr(src, "meta", None) or d.get(f"{self.source_key}_meta_dict", {})
+        source = meta.get("filename_or_obj")
+        if not source:
+            raise KeyError(f"SaveMaskd: {self.source_key!r} carries no source file name in its metadata")
+        if meta.get("slice_files"):
+            return self._save_slices(d, str(meta["slice_files"]).split("\n"))
+        for i, key in enumerate(self.keys):
+            postfix = self.output_postfix if len(self.keys) == 1 else f"{self.output_postfix}_{key}"
+            known = self.masks.get(str(source)) if len(self.keys) == 1 else None
+            dest = Path(known) if known else mask_path(source, self.output_dir, postfix, self.output_ext)
+            mask = d[key].argmax(0) if self.one_hot else d[key]
+            write_mask_like(mask, image_info(source, None, thorough=False), dest)
+            logger.info("wrote %s", dest)
+            d.setdefault("saved_masks", []).append(str(dest))
+        return d
+
+    def _save_slices(self, d: dict, files: Sequence[str]) -> dict:
+        for key in self.keys:
+            mask = to_numpy(d[key].argmax(0) if self.one_hot else d[key])
+            mask = mask[0] if mask.ndim == 4 else mask
+            if mask.ndim != 3 or mask.shape[-1] != len(files):
+                raise ValueError(f"SaveMaskd: mask of shape {mask.shape} does not match a stack of {len(files)} slices")
+            for k, source in enumerate(files):
+                postfix = self.output_postfix if len(self.keys) == 1 else f"{self.output_postfix}_{key}"
+                dest = mask_path(source, self.output_dir, postfix, ".png")
+                write_slice_mask_like(mask[..., k], source, dest)
+                if self.overlay:
+                    write_overlay(mask[..., k], source, mask_path(source, self.output_dir, "overlay", ".png"),
+                                  self.overlay_channel)
+                d.setdefault("saved_masks", []).append(str(dest))
+            logger.info("wrote %d slice masks of %s", len(files), Path(files[0]).parent)
+        return d
