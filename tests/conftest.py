@@ -16,7 +16,12 @@ LUNG_BUNDLE = ROOT / "bundles" / "lung_ct_tumor_segmentation"
 BRAIN_BUNDLE = ROOT / "bundles" / "brain_mri_tumor_segmentation_2d"
 VENV_BIN = Path(sys.executable).parent
 
-CFG_TRAIN = "['configs/common.json','configs/train.json']"
+# `--config_file` of each workflow, run from a bundle folder (as monai_pipeline.app.bundles.WORKFLOW_FILES):
+# inference.json stands on its own; the other workflows merge their files over it, later files overriding earlier keys
+CFG_INFER = "configs/inference.json"
+CFG_TRAIN = "['configs/inference.json','configs/train.json']"
+CFG_EVAL = "['configs/inference.json','configs/train.json','configs/evaluate.json']"
+CFG_MULTI_GPU_TRAIN = "['configs/inference.json','configs/train.json','configs/multi_gpu_train.json']"
 
 # overrides that make bundle runs take seconds on tiny phantoms
 TINY = ["--patch_size", "[32,32,16]", "--pixdim", "[4.0,4.0,5.0]", "--num_workers", "0", "--sw_batch_size", "2"]
@@ -46,7 +51,7 @@ def run_cmd(args: list[str], cwd: Path | str, timeout: int = 600, check: bool = 
 @pytest.fixture(scope="session")
 def tiny_msd(tmp_path_factory) -> Path:
     """A small synthetic Task06_Lung dataset: 6 training and 2 test phantoms of 48x48x24 voxels at ~5x5x8 mm."""
-    from monai_pipeline.synthetic import PhantomSpec, write_msd_dataset
+    from monai_pipeline.app.synthetic import PhantomSpec, write_msd_dataset
 
     out = tmp_path_factory.mktemp("msd") / "Task06_Lung"
     write_msd_dataset(out, num_train=6, num_test=2, seed=3, spec=PhantomSpec((48, 48, 24), (5.0, 5.0, 8.0)))

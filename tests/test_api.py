@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import ROOT
+
 
 SCRIPT = textwrap.dedent('''
     import json, sys
@@ -50,4 +50,3 @@ def test_api_from_a_plain_interpreter(tiny_msd, tmp_path):
     assert out["one_masks"] == ["lung_100_seg.nrrd"]
     assert out["scored"] == ["lung_100", "lung_101"]
     assert out["globals"] == []  # no run's summary is kept on the class
-    assert str(ROOT) not in proc.stdout  # nothing printed but the JSON line

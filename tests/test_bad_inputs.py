@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monai_pipeline import cli
-from monai_pipeline.io import write_nifti
+from monai_pipeline.app import cli
+from monai_pipeline.io.images import write_nifti
 
 TRAIN_SET = ["--set", "num_workers=0", "--epochs", "1"]
 
@@ -169,7 +169,7 @@ def test_lung_infer_refuses(case, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def slices(tmp_path_factory) -> Path:
-    from monai_pipeline.synthetic import write_brain_slices
+    from monai_pipeline.app.synthetic import write_brain_slices
 
     return write_brain_slices(tmp_path_factory.mktemp("s") / "lgg", num_patients=3, num_slices=4, size=32)
 
@@ -206,7 +206,7 @@ def test_brain_train_refuses(case, slices, tmp_path, capsys):
 
 
 def test_brain_volume_not_3d_refuses(tmp_path, capsys):
-    from monai_pipeline.synthetic import write_brain_volumes
+    from monai_pipeline.app.synthetic import write_brain_volumes
 
     root = tmp_path / "vols"
     write_brain_volumes(root, num_train=3, num_test=0, seed=0, shape=(24, 24, 6))
@@ -272,7 +272,7 @@ def test_bom_and_crlf_dataset_json_accepted(tiny_msd, tmp_path):
     shutil.copytree(tiny_msd, ds)
     text = (ds / "dataset.json").read_text().replace("\n", "\r\n")
     (ds / "dataset.json").write_bytes(b"\xef\xbb\xbf" + text.encode())
-    from monai_pipeline.data import msd_datalist
+    from monai_pipeline.data.datasets import msd_datalist
 
     assert len(msd_datalist(ds, split="all")) == 6
 

@@ -45,7 +45,7 @@ def test_lidc_benchmark_quick_run(tmp_path):
 
 @pytest.mark.slow
 def test_every_lidc_pair_validates():
-    from monai_pipeline.data import lidc_datalist
+    from monai_pipeline.data.datasets import lidc_datalist
 
     assert len(lidc_datalist(shared("lidc_nodules"), validate=True)) == 885
 

@@ -13,20 +13,19 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import BRAIN_BUNDLE, BRAIN_TINY, VENV_BIN, bundle, run_cmd, shared
-from monai_pipeline.data import DataError, brain_datalist, image_datalist, lgg_datalist, read_slice
-from monai_pipeline.evaluation import patient_dice, score_slice_folders, slice_scores
+from conftest import BRAIN_BUNDLE, BRAIN_TINY, CFG_EVAL, CFG_INFER, CFG_TRAIN, VENV_BIN, bundle, run_cmd, shared
+from monai_pipeline.errors import DataError
+from monai_pipeline.data.datasets import brain_datalist, image_datalist, lgg_datalist
+from monai_pipeline.io.slices import read_slice
+from monai_pipeline.evaluation.metrics import patient_dice, slice_scores
+from monai_pipeline.evaluation.run import score_slice_folders
 from test_export import assert_same_geometry
-
-CFG_TRAIN = "['configs/common.json','configs/train.json']"
-CFG_EVAL = "['configs/common.json','configs/evaluate.json']"
-CFG_INFER = "['configs/common.json','configs/inference.json']"
 
 
 @pytest.fixture(scope="session")
 def brain_slices(tmp_path_factory) -> Path:
     """6 phantom patients of 12 slices (64 x 64 RGB TIFF + 0/255 masks) in the LGG layout."""
-    from monai_pipeline.synthetic import write_brain_slices
+    from monai_pipeline.app.synthetic import write_brain_slices
 
     return write_brain_slices(tmp_path_factory.mktemp("lgg") / "lgg", num_patients=6, seed=1)
 
@@ -34,7 +33,7 @@ def brain_slices(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def brain_volumes(tmp_path_factory) -> Path:
     """6 training and 2 test phantom volumes (FLAIR + T1c), half of them stored in RAS, half in LPS order."""
-    from monai_pipeline.synthetic import write_brain_volumes
+    from monai_pipeline.app.synthetic import write_brain_volumes
 
     out = tmp_path_factory.mktemp("bv") / "brain_volumes"
     write_brain_volumes(out, num_train=6, num_test=2, seed=2)
@@ -159,7 +158,7 @@ def test_slices_and_volumes_reach_the_network_alike(tmp_path):
     """One phantom written as TIFF slices, as an LPS volume and as an RAS volume gives the same input."""
     from monai.transforms import Compose, Orientationd
 
-    from monai_pipeline.synthetic import _flip_ij, make_brain_phantom
+    from monai_pipeline.app.synthetic import _flip_ij, make_brain_phantom
     from monai_pipeline.transforms import BrainNormalized, LoadBrainImaged
 
     ph = make_brain_phantom(5, (48, 40, 6))
@@ -288,7 +287,7 @@ def test_torchrun_two_processes_give_the_single_process_slice_masks(brain_traine
     sets = ["--set", "image_size=[64,64]", "--set", "num_workers=0"]
     common = ["infer", "--bundle", "brain", "--images", str(src), "--ckpt-dir", str(brain_trained / "models")]
     run_cmd([str(VENV_BIN / "monai-pipeline"), *common, "--output-dir", str(tmp_path / "single"), *sets], cwd=tmp_path)
-    proc = run_cmd([str(VENV_BIN / "torchrun"), "--nproc_per_node=2", "-m", "monai_pipeline.cli", *common,
+    proc = run_cmd([str(VENV_BIN / "torchrun"), "--nproc_per_node=2", "-m", "monai_pipeline", *common,
                     "--distributed", "--output-dir", str(tmp_path / "multi"), *sets], cwd=tmp_path)
     log = proc.stdout + proc.stderr
     assert "rank 0:" in log and "rank 1:" in log, log[-3000:]

@@ -14,11 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CFG_TRAIN, LUNG_BUNDLE, ROOT, TINY, VENV_BIN, bundle, run_cmd, shared
+from conftest import (CFG_EVAL, CFG_INFER, CFG_MULTI_GPU_TRAIN, CFG_TRAIN, LUNG_BUNDLE, ROOT, TINY, VENV_BIN, bundle,
+                      run_cmd, shared)
 from test_export import assert_same_geometry
-
-CFG_EVAL = "['configs/common.json','configs/evaluate.json']"
-CFG_INFER = "['configs/common.json','configs/inference.json']"
 
 
 def test_train_writes_model_checkpoint_and_logs(trained):
@@ -87,8 +85,8 @@ def test_inference_masks_in_source_geometry(trained, tiny_msd, tmp_path):
 
 
 def test_inference_on_rotated_flipped_anisotropic_phantoms(trained, tmp_path):
-    from monai_pipeline.io import write_nifti
-    from monai_pipeline.synthetic import PhantomSpec, make_phantom
+    from monai_pipeline.io.images import write_nifti
+    from monai_pipeline.app.synthetic import PhantomSpec, make_phantom
 
     paths = []
     for seed, direction in [(11, "rotated"), (12, "flipped"), (13, "identity")]:
@@ -124,7 +122,7 @@ def test_inference_refuses_bad_input_and_writes_nothing(trained, tmp_path):
 def test_segresnet_overlay_trains(trained, tiny_msd, tmp_path):
     root = tmp_path / "lung"
     shutil.copytree(LUNG_BUNDLE, root)
-    cfg = "['configs/common.json','configs/train.json','../../configs/network_segresnet.json']"
+    cfg = "['configs/inference.json','configs/train.json','../../configs/network_segresnet.json']"
     cfg = cfg.replace("../../configs", str(ROOT / "configs"))
     run_cmd(bundle("run", "--config_file", cfg, "--dataset_dir", str(tiny_msd), "--epochs", "1", "--val_interval",
                    "1", *TINY), cwd=root)
@@ -146,10 +144,9 @@ def test_mlflow_tracking_offline(tiny_msd, bundle_copy):
 
 
 def test_multi_process_training_with_torchrun(tiny_msd, bundle_copy):
-    cfg = "['configs/common.json','configs/train.json','configs/multi_gpu_train.json']"
     proc = run_cmd([str(VENV_BIN / "torchrun"), "--nproc_per_node=2", "-m", "monai.bundle", "run", "--config_file",
-                    cfg, "--dataset_dir", str(tiny_msd), "--epochs", "2", "--val_interval", "1", "--val_fraction",
-                    "0.34", *TINY], cwd=bundle_copy)
+                    CFG_MULTI_GPU_TRAIN, "--dataset_dir", str(tiny_msd), "--epochs", "2", "--val_interval", "1",
+                    "--val_fraction", "0.34", *TINY], cwd=bundle_copy)
     assert (bundle_copy / "models" / "model.pt").is_file()
     assert (bundle_copy / "models" / "checkpoint_epoch=2.pt").is_file()
     state = torch.load(bundle_copy / "models" / "model.pt", map_location="cpu", weights_only=True)
@@ -183,8 +180,8 @@ def test_ckpt_export_torchscript_matches_checkpoint(trained):
                    "--meta_file", "configs/metadata.json", "--config_file", CFG_INFER), cwd=trained)
     from monai.networks.nets import UNet
 
-    common = json.loads((trained / "configs" / "common.json").read_text())["network_def"]
-    kwargs = {k: v for k, v in common.items() if k != "_target_"}
+    network_def = json.loads((trained / "configs" / "inference.json").read_text())["network_def"]
+    kwargs = {k: v for k, v in network_def.items() if k != "_target_"}
     kwargs["out_channels"] = 2
     net = UNet(**kwargs)
     net.load_state_dict(torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True))

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 
 from conftest import VENV_BIN, run_cmd, shared
-from monai_pipeline.check import check_dataset
+from monai_pipeline.data.check import check_dataset
 
 
 def _cli(*args, cwd):
@@ -76,7 +76,7 @@ def test_every_problem_is_listed_not_only_the_first(tiny_msd, tmp_path):
 def test_slice_folder_problems_are_all_listed(tmp_path):
     from PIL import Image
 
-    from monai_pipeline.synthetic import write_brain_slices
+    from monai_pipeline.app.synthetic import write_brain_slices
 
     root = write_brain_slices(tmp_path / "lgg", num_patients=2, num_slices=4, size=32)
     (root / "BRAINPH_000" / "BRAINPH_000_2_mask.tif").unlink()

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 
 from conftest import TINY, VENV_BIN, run_cmd
-from monai_pipeline.io import write_nifti
+from monai_pipeline.io.images import write_nifti
 
 CLI = str(VENV_BIN / "monai-pipeline")
 

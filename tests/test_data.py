@@ -12,20 +12,12 @@ import numpy as np
 import pytest
 
 from conftest import shared
-from monai_pipeline.data import (
-    DataError,
-    check_pair,
-    image_datalist,
-    image_info,
-    kfold_split,
-    lidc_datalist,
-    lidc_split,
-    msd_datalist,
-    patient_id,
-    read_dataset_json,
-    split_train_val,
-)
-from monai_pipeline.io import write_nifti
+from monai_pipeline.data.datasets import image_datalist, lidc_datalist, lidc_split, msd_datalist, read_dataset_json
+from monai_pipeline.data.splits import kfold_split, split_train_val
+from monai_pipeline.data.validate import check_pair, image_info
+from monai_pipeline.errors import DataError
+from monai_pipeline.io.naming import patient_id
+from monai_pipeline.io.images import write_nifti
 
 
 @pytest.fixture()
@@ -228,7 +220,7 @@ def test_lidc_reader_real_data():
     assert len({d["patient"] for d in items}) == 496
     assert all(d["patient"].startswith("LIDC-IDRI-") and d["patient"] in d["image"] for d in items)
     validate_some = items[:25]
-    from monai_pipeline.data import validate_datalist
+    from monai_pipeline.data.validate import validate_datalist
 
     validate_datalist(validate_some)
     parts = {s: lidc_split(root, s) for s in ("train", "val", "test")}

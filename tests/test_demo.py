@@ -8,8 +8,8 @@ import nibabel as nib
 import numpy as np
 
 from conftest import TINY
-from monai_pipeline.demo import run_demo
-from monai_pipeline.synthetic import PhantomSpec
+from monai_pipeline.app.demo import run_demo
+from monai_pipeline.app.synthetic import PhantomSpec
 
 
 def test_demo_end_to_end(tmp_path, capsys):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import VENV_BIN, run_cmd
-from monai_pipeline.evaluation import case_metrics, summarise
-from monai_pipeline.io import write_nifti
+from monai_pipeline.evaluation.metrics import case_metrics, summarise
+from monai_pipeline.io.images import write_nifti
 
 
 def _box(shape=(20, 20, 10), lo=(5, 5, 2), hi=(15, 15, 8)) -> np.ndarray:
@@ -76,7 +76,7 @@ def test_evaluate_command_writes_per_case_csv_and_summary(tmp_path):
 
 # ------------------------------------------------------------------------------------------ lesions
 def test_lesion_table_by_hand():
-    from monai_pipeline.evaluation import lesion_table
+    from monai_pipeline.evaluation.lesions import lesion_table
 
     m = np.zeros((20, 20, 10), np.uint8)
     m[2:5, 2:5, 2:4] = 1       # 18 voxels, 3 x 3 in plane
@@ -109,7 +109,7 @@ def test_detection_figures_by_hand():
     Sensitivity 2/3 (L2 missed), precision 2/3. Ranked: P1 hit, P2 FP, P3 hit.
     FROC over 2 cases: at 1/8 and 1/4 FP per case (0 FPs allowed) -> 1/3; at >= 1/2 (1 FP) -> 2/3.
     mAP@0.5: only P1 matches a box (IoU 1); precision at recall 1/3 is 1 -> AP = 1/3."""
-    from monai_pipeline.evaluation import detection_summary, match_lesions
+    from monai_pipeline.evaluation.lesions import detection_summary, match_lesions
 
     aff = np.eye(4)
     la, pa, proba = np.zeros((30, 30, 6), np.uint8), np.zeros((30, 30, 6), np.uint8), np.zeros((30, 30, 6))
@@ -135,7 +135,7 @@ def test_detection_figures_by_hand():
 
 # ------------------------------------------------------------------------------ tumour present / absent
 def test_presence_by_hand_and_against_pairwise_auc():
-    from monai_pipeline.evaluation import presence_summary
+    from monai_pipeline.evaluation.lesions import presence_summary
 
     scores, present = [0.9, 0.8, 0.3, 0.1, 0.6], [True, True, False, False, False]
     s = presence_summary(scores, present, threshold=0.5, threshold_source="test")
@@ -157,7 +157,7 @@ def test_presence_by_hand_and_against_pairwise_auc():
 
 # ----------------------------------------------------------------------------- lungs and tumour burden
 def _lung_dice(pred, ref):
-    from monai_pipeline.evaluation import dice
+    from monai_pipeline.evaluation.metrics import dice
 
     return dice(pred, ref)
 
@@ -167,7 +167,8 @@ def test_lung_mask_against_slicer_lungs():
     import SimpleITK as sitk
 
     from conftest import shared
-    from monai_pipeline.evaluation import lung_mask, read_mask
+    from monai_pipeline.anatomy import lung_mask
+    from monai_pipeline.io.images import read_mask
 
     folder = shared("ct_chest_slicerio")
     image = sitk.ReadImage(str(folder / "CTChest4.nrrd"))
@@ -184,7 +185,8 @@ def test_lung_mask_against_slicer_lungs():
 def test_lung_mask_against_totalsegmentator_lung_bases():
     """A mostly abdominal CT with only the lung bases in view: gas in the colon must not pass for lung."""
     from conftest import shared
-    from monai_pipeline.evaluation import lung_mask, read_mask
+    from monai_pipeline.anatomy import lung_mask
+    from monai_pipeline.io.images import read_mask
 
     folder = shared("totalsegmentator_examples")
     ct, aff = read_mask(folder / "example_ct_sm.nii.gz")
@@ -198,8 +200,9 @@ def test_lung_mask_against_totalsegmentator_lung_bases():
 @pytest.mark.parametrize("direction", ["identity", "flipped", "rotated"])
 def test_lung_mask_sides_follow_world_coordinates(direction):
     """Phantoms stored in three voxel orders: label 1 is always the lung on the patient's right (larger RAS x)."""
-    from monai_pipeline.evaluation import lung_mask, tumour_burden
-    from monai_pipeline.synthetic import PhantomSpec, make_phantom
+    from monai_pipeline.anatomy import lung_mask
+    from monai_pipeline.evaluation.lesions import tumour_burden
+    from monai_pipeline.app.synthetic import PhantomSpec, make_phantom
 
     img, label, aff = make_phantom(4, PhantomSpec((80, 80, 40), (4.0, 4.0, 6.0)), n_tumours=2, direction=direction)
     lungs = lung_mask(img, aff)
@@ -212,7 +215,7 @@ def test_lung_mask_sides_follow_world_coordinates(direction):
 
 
 def test_tumour_burden_by_hand():
-    from monai_pipeline.evaluation import tumour_burden
+    from monai_pipeline.evaluation.lesions import tumour_burden
 
     aff = np.diag([2.0, 2.0, 5.0, 1.0])  # 20 uL voxels
     lungs = np.zeros((30, 10, 4), np.uint8)
@@ -236,7 +239,7 @@ def _phantom_run(tmp_path, n=3):
     """Phantom CTs, labels, predictions (one lesion missed, one false positive) and probability maps."""
     from scipy import ndimage
 
-    from monai_pipeline.synthetic import PhantomSpec, make_phantom
+    from monai_pipeline.app.synthetic import PhantomSpec, make_phantom
 
     dirs = {k: tmp_path / k for k in ("img", "lab", "pred", "prob")}
     for d in dirs.values():
@@ -258,7 +261,8 @@ def _phantom_run(tmp_path, n=3):
 
 
 def test_evaluate_command_writes_lesions_detection_presence_and_burden(tmp_path):
-    from monai_pipeline.evaluation import lesion_table, read_mask
+    from monai_pipeline.evaluation.lesions import lesion_table
+    from monai_pipeline.io.images import read_mask
 
     d = _phantom_run(tmp_path)
     out = tmp_path / "o"

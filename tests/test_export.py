@@ -10,9 +10,11 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import shared
-from monai_pipeline.export import SaveMaskd, mask_path, write_mask_like
-from monai_pipeline.io import write_nifti
-from monai_pipeline.synthetic import PhantomSpec, make_phantom
+from monai_pipeline.engine.inference import SaveMaskd
+from monai_pipeline.io.naming import mask_path
+from monai_pipeline.io.images import write_mask_like
+from monai_pipeline.io.images import write_nifti
+from monai_pipeline.app.synthetic import PhantomSpec, make_phantom
 
 
 def assert_same_geometry(source: Path, mask: Path, tol: float = 1e-4) -> None:
@@ -56,16 +58,21 @@ def test_shape_mismatch_refused_and_nothing_written(tmp_path):
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
-def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("ext", [".nii.gz", ".nrrd"])
+def test_failed_write_keeps_old_file(tmp_path, monkeypatch, ext):
+    import nibabel as nib
+
     img, lab, aff = make_phantom(2, PhantomSpec((20, 20, 8), (1.0, 1.0, 2.0)))
     src = write_nifti(img, aff, tmp_path / "ct.nii.gz")
-    dest = write_mask_like(lab, src, tmp_path / "m.nii.gz")
+    dest = write_mask_like(lab, src, tmp_path / f"m{ext}")
     before = dest.read_bytes()
 
     def broken(*args, **kwargs):
         Path(args[1]).write_bytes(b"partial")
         raise OSError("disk full")
 
+    # NIfTI is written by nibabel, NRRD/MHA by SimpleITK: break the writer this format goes through
+    monkeypatch.setattr(nib, "save", broken)
     monkeypatch.setattr(sitk, "WriteImage", broken)
     with pytest.raises(OSError, match="disk full"):
         write_mask_like(1 - lab, src, dest)

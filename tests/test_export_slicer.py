@@ -25,10 +25,12 @@ import SimpleITK as sitk
 import slicerio
 
 from conftest import run_cmd, shared
-from monai_pipeline import cli, export
-from monai_pipeline.data import DataError
-from monai_pipeline.evaluation import lesion_table
-from monai_pipeline.export import export_slicer, parse_segment_names
+from monai_pipeline.app import cli
+from monai_pipeline.slicer import export, segmentation
+from monai_pipeline.errors import DataError
+from monai_pipeline.evaluation.lesions import lesion_table
+from monai_pipeline.slicer.export import export_slicer
+from monai_pipeline.data.validate import segment_names as parse_segment_names
 
 SHAPE, SPACING, ORIGIN = (40, 32, 20), (0.8, 1.1, 2.5), (-12.3, 45.6, -78.9)
 LESIONS = [((12, 10, 7), (5, 4, 3)), ((28, 22, 13), (4, 3, 2))]  # (centre, radii) in voxels; label = index + 1
@@ -114,8 +116,8 @@ def test_seg_nrrd_reads_back_with_names_colours_labels(multi_export, phantom):
     seg = slicerio.read_segmentation(str(multi_export / "ph_001.seg.nrrd"))
     assert [(s["name"], s["labelValue"], s["layer"]) for s in seg["segments"]] == [("tumor", 1, 0), ("nodule", 2, 0)]
     tumour, nodule = seg["segments"]
-    np.testing.assert_allclose(tumour["color"], export._KNOWN_SEGMENTS["tumor"][0], atol=1e-6)
-    np.testing.assert_allclose(nodule["color"], export._KNOWN_SEGMENTS["nodule"][0], atol=1e-6)
+    np.testing.assert_allclose(tumour["color"], segmentation._KNOWN_SEGMENTS["tumor"][0], atol=1e-6)
+    np.testing.assert_allclose(nodule["color"], segmentation._KNOWN_SEGMENTS["nodule"][0], atol=1e-6)
     assert tumour["terminology"]["type"][1] == "108369006"  # SNOMED CT neoplasm
     for value, name in ((1, "tumor"), (2, "nodule")):
         np.testing.assert_array_equal(slicerio.segment_mask(seg, name), phantom["labels"] == value)
@@ -353,10 +355,10 @@ def test_empty_mask_exports_without_mesh_and_says_so(phantom, tmp_path, caplog):
 
 def test_default_segments():
     labels = np.zeros((4, 4, 4), np.uint8)
-    assert [(s.label, s.name) for s in export.slicer_segments(labels)] == [(1, "tumor")]
-    assert [(s.label, s.name) for s in export.slicer_segments(labels, {2: "lung"})] == [(2, "lung")]
+    assert [(s.label, s.name) for s in segmentation.slicer_segments(labels)] == [(1, "tumor")]
+    assert [(s.label, s.name) for s in segmentation.slicer_segments(labels, {2: "lung"})] == [(2, "lung")]
     labels[0, 0, 0], labels[1, 1, 1] = 1, 3
-    segments = export.slicer_segments(labels)
+    segments = segmentation.slicer_segments(labels)
     assert [(s.label, s.name, s.voxels) for s in segments] == [(1, "Segment_1", 1), (3, "Segment_3", 1)]
     assert len({s.color for s in segments}) == 2
 

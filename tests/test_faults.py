@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CFG_TRAIN, TINY, VENV_BIN, bundle, run_cmd
+from conftest import CFG_INFER, CFG_TRAIN, TINY, VENV_BIN, bundle, run_cmd
 
-CFG_INFER = "['configs/common.json','configs/inference.json']"
 EPOCHS = 20  # long enough that a random kill always lands before the end
 
 
@@ -92,7 +91,7 @@ def test_two_runs_on_one_folder_are_refused_and_a_killed_run_frees_it(tiny_msd, 
 
 
 def test_lock_is_per_folder_and_reentrant(tmp_path):
-    from monai_pipeline.io import FolderLockedError, held_locks, lock_folder, release_locks
+    from monai_pipeline.io.atomic import FolderLockedError, held_locks, lock_folder, release_locks
 
     before = held_locks()
     lock_folder(tmp_path / "a")
@@ -143,9 +142,10 @@ def test_full_disk_leaves_the_old_file_and_no_partial_one(tmp_path, monkeypatch,
     file intact and no temporary file; the CLI reports it in one line (exit 3)."""
     import errno
 
-    import monai_pipeline.io as mio
-    from monai_pipeline import cli
-    from monai_pipeline.io import atomic_write_text, write_nifti
+    import monai_pipeline.io.atomic as mio
+    from monai_pipeline.app import cli
+    from monai_pipeline.io.atomic import atomic_write_text
+    from monai_pipeline.io.images import write_nifti
 
     target = tmp_path / "metrics.json"
     atomic_write_text(target, "old")

@@ -19,9 +19,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monai_pipeline.data import DataError, case_id, image_info, patient_id, read_dataset_json, read_slice
-from monai_pipeline.export import mask_path
-from monai_pipeline.io import write_nifti
+from monai_pipeline.errors import DataError
+
+from monai_pipeline.io.naming import case_id, patient_id
+
+from monai_pipeline.data.validate import image_info
+
+from monai_pipeline.data.datasets import read_dataset_json
+
+from monai_pipeline.io.slices import read_slice
+from monai_pipeline.io.naming import mask_path
+from monai_pipeline.io.images import write_nifti
 
 pytestmark = pytest.mark.fuzz
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")), deadline=None,

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from conftest import TINY, VENV_BIN, run_cmd
-from monai_pipeline.data import DataError
-from monai_pipeline.export import write_mask_like
-from monai_pipeline.inference import existing_mask_problem, pending
-from monai_pipeline.io import write_nifti
+from monai_pipeline.errors import DataError
+from monai_pipeline.io.images import write_mask_like
+from monai_pipeline.engine.inference import existing_mask_problem, pending
+from monai_pipeline.io.images import write_nifti
 
 CLI = str(VENV_BIN / "monai-pipeline")
 SETS = [a for i in range(0, len(TINY), 2) for a in ("--set", f"{TINY[i].lstrip('-')}={TINY[i + 1]}")]
@@ -192,8 +192,11 @@ def test_failure_while_segmenting_is_isolated(trained, volumes, tmp_path, monkey
     a full disk still stops it."""
     import errno
 
-    from monai_pipeline import export
-    from monai_pipeline.inference import run_inference
+    from monai_pipeline import segment
+    from monai_pipeline.engine import inference as export
+
+    def run_inference(*args, **kwargs):
+        return segment(*args, **kwargs).summary
 
     original = export.SaveMaskd.__call__
 

@@ -3,7 +3,6 @@ first time; folders are built aside and swapped whole; the inference path reads 
 
 from __future__ import annotations
 
-import gzip
 
 import nibabel as nib
 import numpy as np
@@ -89,22 +88,23 @@ def test_inference_validation_reads_a_nifti_source_once(tmp_path, monkeypatch):
 
 
 def test_mask_goes_where_pending_said(tmp_path):
-    """SaveMaskd writes to the path pending() computed for the source, with the validated geometry."""
+    """The mask path is computed once, by pending(); it travels in the loaded image's metadata to SaveMaskd,
+    which writes there with the validated geometry."""
     import torch
-    from monai.data import MetaTensor
+    from monai.transforms import EnsureChannelFirstd, LoadImaged
 
-    from monai_pipeline.engine.inference import SaveMaskd, pending
+    from monai_pipeline.engine.inference import InferenceDataset, SaveMaskd, pending
 
     (tmp_path / "in").mkdir()
     src = write_nifti(np.zeros((12, 10, 6), np.int16), _oblique_affine(), tmp_path / "in" / "ct.nii.gz")
     todo = pending(tmp_path / "in", tmp_path / "out", postfix="tumour", ext=".nrrd")
-    (source, mask), = todo.mask_of.items()
-    assert mask == str(tmp_path / "out" / "ct_tumour.nrrd")
-    image = MetaTensor(torch.zeros(1, 12, 10, 6), meta={"filename_or_obj": source})
+    assert [d["output_path"] for d in todo] == [str(tmp_path / "out" / "ct_tumour.nrrd")]
+    item = InferenceDataset(todo, [LoadImaged("image", image_only=True), EnsureChannelFirstd("image")])[0]
+    assert item["image"].meta["output_path"] == str(tmp_path / "out" / "ct_tumour.nrrd")
     pred = torch.zeros(1, 12, 10, 6, dtype=torch.uint8)
     pred[0, 3:6, 3:6, 2:4] = 1
-    SaveMaskd(output_dir=tmp_path / "elsewhere", output_postfix="x", masks=todo.mask_of)({"image": image, "pred": pred})
-    arr, props = read_image(mask)
+    SaveMaskd(output_dir=tmp_path / "elsewhere", output_postfix="x")({"image": item["image"], "pred": pred})
+    arr, props = read_image(tmp_path / "out" / "ct_tumour.nrrd")
     assert arr.sum() == 18 and props.same_grid(read_properties(src))
     assert not (tmp_path / "elsewhere").exists()
 

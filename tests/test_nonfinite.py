@@ -52,8 +52,8 @@ def faults_importable(monkeypatch):
 @pytest.fixture()
 def native_bf16(monkeypatch):
     """This process as on a CPU with native bf16 (AVX512-BF16, no AMX): ``auto`` resolves to bf16."""
-    monkeypatch.setattr("monai_pipeline.inference.cpu_bf16_supported", lambda: True)
-    monkeypatch.setattr("monai_pipeline.inference.cpu_amx_supported", lambda: False)
+    monkeypatch.setattr("monai_pipeline.engine.precision.cpu_bf16_supported", lambda: True)
+    monkeypatch.setattr("monai_pipeline.engine.precision.cpu_amx_supported", lambda: False)
 
 
 class _Records(logging.Handler):
@@ -76,7 +76,7 @@ class _Records(logging.Handler):
 
 
 def _train(bundle_root: Path, tiny_msd: Path, overlays: list[str], **overrides):
-    from monai_pipeline.bundles import run_bundle
+    from monai_pipeline.app.bundles import run_bundle
 
     args = {"dataset_dir": str(tiny_msd), "val_interval": 1, "val_fraction": 0.34, **SMALL, **overrides}
     return run_bundle(str(bundle_root), "train", overlays, **args)
@@ -134,7 +134,7 @@ def test_explicit_precision_stops_with_exit_code_4_and_the_last_good_checkpoint_
 
 
 def test_a_nan_batch_is_named_and_not_blamed_on_bf16(native_bf16, tiny_msd, bundle_copy, tmp_path):
-    from monai_pipeline.training import NonFiniteTrainingError
+    from monai_pipeline.engine.training import NonFiniteTrainingError
 
     overlay = _overlay(tmp_path, "nan_image", {
         "imports": ["$import glob", "$import os", "$import torch", "$import monai_pipeline", "$import faulty"],
@@ -152,7 +152,7 @@ def test_a_nan_batch_is_named_and_not_blamed_on_bf16(native_bf16, tiny_msd, bund
 def test_ranks_stop_together_when_one_rank_turns_nan(tiny_msd, bundle_copy, tmp_path, faults_importable):
     """torchrun, 2 processes: NaN loss on rank 1 only, at its 3rd step -> both ranks stop with the error at the
     same step (none waits for the other; a hang would hit the timeout), epoch 2's checkpoint is the latest."""
-    cfg = "['configs/common.json','configs/train.json','configs/multi_gpu_train.json','" + \
+    cfg = "['configs/inference.json','configs/train.json','configs/multi_gpu_train.json','" + \
           _nan_loss(tmp_path, [3], rank=1) + "']"
     proc = run_cmd([str(VENV_BIN / "torchrun"), "--nproc_per_node=2", "-m", "monai.bundle", "run", "--config_file",
                     cfg, "--dataset_dir", str(tiny_msd), "--epochs", "3", "--val_interval", "1", "--val_fraction",
@@ -208,8 +208,8 @@ def test_fall_back_under_a_grad_scaler_applies_the_float32_step_unscaled():
     from monai.inferers import SimpleInferer
     from monai.utils import CommonKeys as Keys
 
-    from monai_pipeline.inference import PrecisionInferer
-    from monai_pipeline.training import NonFiniteGuard
+    from monai_pipeline.engine.precision import PrecisionInferer
+    from monai_pipeline.engine.training import NonFiniteGuard
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
@@ -274,7 +274,7 @@ def _volume(value: float = 1.0, blob: bool = True) -> torch.Tensor:
 def _auto_inferer(**kwargs):
     from monai.inferers import SlidingWindowInferer
 
-    from monai_pipeline.inference import PrecisionInferer
+    from monai_pipeline.engine.precision import PrecisionInferer
 
     sw = SlidingWindowInferer(roi_size=(16, 16, 8), sw_batch_size=2, overlap=0.25, mode="gaussian")
     inferer = PrecisionInferer(sw, "auto", channels_last=True, device="cpu", **kwargs)
@@ -321,7 +321,7 @@ def test_float32_means_float32_inside_an_engines_autocast(native_bf16):
     from monai.inferers import SimpleInferer
 
     from faulty import BreaksInBf16
-    from monai_pipeline.inference import PrecisionInferer
+    from monai_pipeline.engine.precision import PrecisionInferer
 
     net = torch.nn.Conv3d(1, 2, 3, padding=1)
     x = torch.rand(1, 1, 12, 12, 8)
@@ -353,8 +353,8 @@ def test_small_inputs_run_in_float32_directly(native_bf16):
 
 
 def test_auto_training_precision_by_cpu(monkeypatch):
-    from monai_pipeline import inference
-    from monai_pipeline.inference import PrecisionInferer, resolve_precision
+    from monai_pipeline.engine import precision as inference
+    from monai_pipeline.engine.precision import PrecisionInferer, resolve_precision
 
     for bf16, amx, infer, train in ((False, False, "fp32", "fp32"), (True, False, "bf16", "bf16"),
                                     (True, True, "bf16", "fp32")):
@@ -369,7 +369,7 @@ def test_auto_training_precision_by_cpu(monkeypatch):
 
 # ----------------------------------------------------------- the reproduction of issue 14, where the CPU has AMX
 def _has_amx() -> bool:
-    from monai_pipeline.inference import cpu_amx_supported
+    from monai_pipeline.engine.precision import cpu_amx_supported
 
     return cpu_amx_supported()
 
@@ -388,8 +388,8 @@ def test_issue14_reproduction_never_writes_nan_weights_on_amx(precision):
     from monai.losses import DiceCELoss
     from monai.networks.nets import UNet
 
-    from monai_pipeline.inference import PrecisionInferer
-    from monai_pipeline.training import NonFiniteGuard, NonFiniteTrainingError
+    from monai_pipeline.engine.precision import PrecisionInferer
+    from monai_pipeline.engine.training import NonFiniteGuard, NonFiniteTrainingError
 
     torch.manual_seed(0)
     net = UNet(3, 1, 2, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2, norm="batch")

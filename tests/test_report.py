@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monai_pipeline import visualize
-from monai_pipeline.cli import main
-from monai_pipeline.report import build_report
+from monai_pipeline.report import plots as visualize
+from monai_pipeline.app.cli import main
+from monai_pipeline.report.html import build_report
 
 EVIL = "case<script>alert(1)</script>&"
 
@@ -27,8 +27,12 @@ def _write_run(root: Path, n_cases: int = 3) -> Path:
     """A run folder as evaluate --out writes it, from small generated volumes, plus TensorBoard logs."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from monai_pipeline.evaluation import detection_summary, match_lesions, score_pairs, summarise, CASE_METRIC_KEYS
-    from monai_pipeline.io import write_nifti
+    from monai_pipeline.evaluation.lesions import detection_summary, match_lesions
+
+    from monai_pipeline.evaluation.run import score_pairs
+
+    from monai_pipeline.evaluation.metrics import CASE_METRIC_KEYS, summarise
+    from monai_pipeline.io.images import write_nifti
 
     run, data = root / "run", root / "data"
     aff = np.diag([4.0, 4.0, 5.0, 1.0])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from monai_pipeline.io import write_nifti
+from monai_pipeline.io.images import write_nifti
 
 
 def _preprocess(select_fn):
@@ -48,7 +48,7 @@ def _compare_with_invertd(path):
 @pytest.mark.parametrize("direction", ["identity", "flipped", "rotated"])
 def test_resample_to_source_equals_invertd(tmp_path, direction):
     """The fast inversion gives the very mask Activationsd -> Invertd -> AsDiscreted gives, on any voxel order."""
-    from monai_pipeline.synthetic import PhantomSpec, make_phantom
+    from monai_pipeline.app.synthetic import PhantomSpec, make_phantom
 
     img, _, aff = make_phantom(7, PhantomSpec((60, 56, 28), (2.1, 1.9, 3.0)), n_tumours=0, direction=direction)
     write_nifti(img, aff, tmp_path / "ct.nii.gz")
@@ -81,7 +81,7 @@ def test_resample_to_source_refuses_a_rotated_network_grid():
 
 @pytest.mark.parametrize("direction", ["identity", "rotated"])
 def test_lung_region_keeps_every_tumour_and_crops_more_than_the_body(tmp_path, direction):
-    from monai_pipeline.synthetic import PhantomSpec, make_phantom
+    from monai_pipeline.app.synthetic import PhantomSpec, make_phantom
     from monai_pipeline.transforms import BodyRegion, LungRegion
 
     img, label, aff = make_phantom(5, PhantomSpec((96, 96, 48), (3.0, 3.0, 4.0)), n_tumours=3, direction=direction)
@@ -125,7 +125,7 @@ def test_lung_region_is_the_body_region_when_asked_or_below_air():
 def test_precision_inferer_resolves_and_returns_float32():
     from monai.inferers import SimpleInferer
 
-    from monai_pipeline.inference import PrecisionInferer, cpu_bf16_supported, resolve_precision
+    from monai_pipeline.engine.precision import PrecisionInferer, cpu_bf16_supported, resolve_precision
 
     assert resolve_precision("auto", "cpu") == ("bf16" if cpu_bf16_supported() else "fp32")
     assert resolve_precision("auto", "cuda") == "fp16" and resolve_precision("fp32", "cuda") == "fp32"
@@ -180,10 +180,10 @@ def _all_phantoms(tiny_msd) -> list[dict]:
 def _evaluate(root, tiny_msd, out, options: dict) -> dict:
     import json
 
-    from conftest import TINY, bundle, run_cmd
+    from conftest import CFG_EVAL, TINY, bundle, run_cmd
 
     overrides = [a for k, v in options.items() for a in (f"--{k}", v)]
-    run_cmd(bundle("run", "--config_file", "['configs/common.json','configs/evaluate.json']", "--data",
+    run_cmd(bundle("run", "--config_file", CFG_EVAL, "--data",
                    json.dumps(_all_phantoms(tiny_msd)), "--output_dir", str(out), *overrides, *TINY), cwd=root)
     return _cases(out)
 

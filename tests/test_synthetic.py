@@ -7,8 +7,8 @@ import json
 import numpy as np
 from scipy import ndimage
 
-from monai_pipeline.data import read_dataset_json
-from monai_pipeline.synthetic import PhantomSpec, make_phantom, write_msd_dataset
+from monai_pipeline.data.datasets import read_dataset_json
+from monai_pipeline.app.synthetic import PhantomSpec, make_phantom, write_msd_dataset
 
 SPEC = PhantomSpec((96, 96, 40), (3.0, 3.0, 6.0))
 

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-logger = logging.getLogger("monai_pipeline.cli")
+logger = logging.getLogger(__name__)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -94,7 +94,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
     if args.distributed and "WORLD_SIZE" not in os.environ:
         raise SystemExit("error: infer --distributed runs under torchrun: torchrun --nproc_per_node=N -m "
-                         "monai_pipeline.app.cli infer --distributed ...")
+                         "monai_pipeline infer --distributed ...")
     images = args.images[0] if len(args.images) == 1 else args.images
     overrides = {k: v for k, v in _overrides(args).items() if k not in ("ckpt_dir", "output_dir", "output_ext")}
     overrides.setdefault("failures_file", str(Path(args.output_dir) / "failed.json"))
@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="segment every image again (default: resume, keeping masks that exist and are complete)")
     p.add_argument("--distributed", action="store_true",
-                   help="use multi_gpu_inference.json, each process its share (launch with torchrun -m monai_pipeline.cli)")
+                   help="use multi_gpu_inference.json, each process its share (launch with torchrun -m monai_pipeline)")
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("check", help="check a dataset and list every problem found (exit 1 when any is an error)")

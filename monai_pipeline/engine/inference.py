@@ -24,14 +24,14 @@ import re
 import struct
 import time
 from pathlib import Path
-from typing import Any, Hashable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
 import torch
 import torch.distributed as dist
 from ignite.engine import Events
-from monai.data import Dataset, partition_dataset
+from monai.data import Dataset, MetaTensor, partition_dataset
 from PIL import Image
 
 from monai_pipeline.data.datasets import gather_paths, image_datalist
@@ -49,6 +49,7 @@ __all__ = ["pending", "Pending", "existing_mask_problem", "InferenceDataset", "I
 logger = logging.getLogger(__name__)
 
 FAILED_KEY = "inference_error"  # an item that could not be loaded carries this instead of its image
+OUTPUT_PATH_KEY = "output_path"  # a pending item's mask path; InferenceDataset copies it into the image's metadata
 # errors of the machine, not of one volume: they stop the run (the CLI reports them in one line)
 _FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
@@ -125,19 +126,19 @@ class Pending(list):
         rejected: inputs refused by validation (``case_id``, ``image``, ``mask``, ``error``).
         masks: mask path of every case of the input, by case ID.
         order: position of every case in the input, by case ID.
-        mask_of: mask path of every case by its (first) source file, as the loaded image's metadata names it
-            (what :class:`SaveMaskd` looks up).
+
+    Each item carries its mask's path as ``OUTPUT_PATH_KEY``: computed once here, it reaches
+    :class:`SaveMaskd` through the loaded image's metadata (:class:`InferenceDataset`).
     """
 
     def __init__(self, items: Iterable[dict] = (), done: list[dict] | None = None,
                  rejected: list[dict] | None = None, masks: dict[str, str] | None = None,
-                 order: dict[str, int] | None = None, mask_of: dict[str, str] | None = None) -> None:
+                 order: dict[str, int] | None = None) -> None:
         super().__init__(items)
         self.done = done or []
         self.rejected = rejected or []
         self.masks = masks or {}
         self.order = order or {}
-        self.mask_of = mask_of or {}
 
 
 def _scan(entries: list, output_dir: str | os.PathLike, postfix: str, ext: str, overwrite: bool,
@@ -219,8 +220,10 @@ def pending(datalist: str | os.PathLike | Iterable, output_dir: str | os.PathLik
             check_something_usable(len(good) + len(done), [r["error"] for r in rejected])
     items = image_datalist([r["image"] for r in good], ndim, slices, thorough=False) if good else []  # strict: raises here
     recs = done + todo
+    for item, rec in zip(items, good):
+        item[OUTPUT_PATH_KEY] = rec["mask"]
     return Pending(items, done=done, rejected=rejected, masks={r["case_id"]: r["mask"] for r in recs},
-                   order={r["case_id"]: r["index"] for r in recs}, mask_of={first(r["image"]): r["mask"] for r in recs})
+                   order={r["case_id"]: r["index"] for r in recs})
 
 
 # ------------------------------------------------------------------------------ running, one by one
@@ -256,11 +259,23 @@ class InferenceDataset(Dataset):
     An input that passed validation can still fail to load or preprocess (an unusual voxel type, a file
     changed since). The item becomes ``{"case_id": ..., FAILED_KEY: "<transform>: <error>"}``, which
     :meth:`InferenceProgress.iteration` records as failed, and the run goes on with the next case.
+
+    An item's ``OUTPUT_PATH_KEY`` (its mask path, from :func:`pending`) is copied into the metadata of its
+    ``image_key`` MetaTensor, where :class:`SaveMaskd` reads it after inference: the path travels with the image.
     """
+
+    def __init__(self, data: Sequence, transform: Callable | None = None, image_key: str = "image") -> None:
+        super().__init__(data, transform)
+        self.image_key = image_key
 
     def _transform(self, index: int):
         try:
-            return super()._transform(index)
+            out = super()._transform(index)
+            path = self.data[index].get(OUTPUT_PATH_KEY) if isinstance(self.data[index], dict) else None
+            image = out.get(self.image_key) if isinstance(out, dict) else None
+            if path and isinstance(image, MetaTensor):
+                image.meta[OUTPUT_PATH_KEY] = path
+            return out
         except Exception as err:
             item = self.data[index]
             message = _describe(err)
@@ -427,19 +442,21 @@ class SaveMaskd:
         one_hot: the mask is one-hot ``(C, *spatial)``; its argmax over C is written.
         overlay: for slice stacks, also write ``<slice>_overlay.png`` (image with the mask shaded).
         overlay_channel: channel shown in grey in the overlays; None shows the image as stored.
-        masks: each case's mask path by source file, as :func:`pending` computed them (``Pending.mask_of``); a
-            source not in it gets ``<output_dir>/<case>_<postfix><ext>``.
+
+    The mask goes to the path :func:`pending` chose for the case (``meta["output_path"]`` of the image, set by
+    :class:`InferenceDataset`); an image without one (another dataset class) gets
+    ``<output_dir>/<case>_<postfix><ext>``.
 
     The source's geometry comes from its validated header (:func:`~monai_pipeline.data.validate.image_info`,
-    cached per file), not from another read of the file. A stack of 2D slices (``meta["slice_files"]``, one file per line, from :class:`~monai_pipeline.transforms.LoadBrainImaged`)
-    is written slice by slice: ``<slice>_<postfix>.png`` (0/255, each slice's own size).
+    cached per file), not from another read of the file. A stack of 2D slices (``meta["slice_files"]``, one file per
+    line, from :class:`~monai_pipeline.transforms.LoadBrainImaged`) is written slice by slice:
+    ``<slice>_<postfix>.png`` (0/255, each slice's own size).
     """
 
     def __init__(self, keys: Hashable | Sequence[Hashable] = "pred", source_key: str = "image",
                  output_dir: str | os.PathLike = "./eval", output_postfix: str = "seg",
                  output_ext: str = ".nii.gz", one_hot: bool = False, overlay: bool = False,
-                 overlay_channel: int | None = None, masks: Mapping[str, str] | None = None) -> None:
-        self.masks = dict(masks or {})
+                 overlay_channel: int | None = None) -> None:
         self.keys = [keys] if isinstance(keys, (str, bytes)) or not isinstance(keys, Sequence) else list(keys)
         self.source_key = source_key
         self.output_dir = Path(output_dir)
@@ -463,7 +480,7 @@ class SaveMaskd:
             return self._save_slices(d, str(meta["slice_files"]).split("\n"))
         for i, key in enumerate(self.keys):
             postfix = self.output_postfix if len(self.keys) == 1 else f"{self.output_postfix}_{key}"
-            known = self.masks.get(str(source)) if len(self.keys) == 1 else None
+            known = meta.get(OUTPUT_PATH_KEY) if len(self.keys) == 1 else None
             dest = Path(known) if known else mask_path(source, self.output_dir, postfix, self.output_ext)
             mask = d[key].argmax(0) if self.one_hot else d[key]
             write_mask_like(mask, image_info(source, None, thorough=False), dest)

@@ -8,7 +8,8 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["default_device", "default_num_workers", "init_distributed", "dist_rank"]
+__all__ = ["default_device", "default_num_workers", "init_distributed", "dist_rank", "end_distributed",
+           "rank_zero_only"]
 
 
 def default_device(device: str | None = None) -> torch.device:
@@ -54,3 +55,19 @@ def dist_rank() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def end_distributed() -> None:
+    """Wait for every rank, then leave torchrun's process group (the multi-process configs' ``finalize``)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def rank_zero_only(items: list, keep: int = 0) -> list:
+    """``items`` on rank 0 (or without a process group); only the first ``keep`` of them on the other ranks.
+
+    The multi-process configs give every rank the handlers that must run everywhere (the non-finite guard, the
+    LR schedule, validation, early stopping), listed first, and leave logging and checkpoint saving to rank 0.
+    """
+    return list(items) if dist_rank()[0] == 0 else list(items)[:keep]

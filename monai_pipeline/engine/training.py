@@ -17,11 +17,12 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Events
 from monai.engines.utils import IterationEvents
+from monai.handlers import MeanDice, from_engine
 from monai.utils import CommonKeys as Keys
 
 from monai_pipeline.engine.checkpoints import latest_checkpoint
 
-__all__ = ["NonFiniteGuard", "NonFiniteTrainingError", "ValidationState", "NONFINITE_EXIT_CODE"]
+__all__ = ["NonFiniteGuard", "NonFiniteTrainingError", "ValidationState", "NONFINITE_EXIT_CODE", "mean_dice_metric"]
 
 logger = logging.getLogger(__name__)
 
@@ -276,3 +277,9 @@ class ValidationState:
             stopper.best_score = state["early_stop"]["best_score"]
         logger.info("validation state restored: best %s at epoch %s, early-stop count %s", state.get("best_metric"),
                     state.get("best_metric_epoch"), (state.get("early_stop") or {}).get("counter"))
+
+
+def mean_dice_metric(name: str) -> dict[str, MeanDice]:
+    """``{name: MeanDice}``, the key metric of both bundles' trainers and evaluators: foreground Dice of the
+    one-hot ``pred`` and ``label`` of each engine output (background left out), averaged over the cases."""
+    return {name: MeanDice(include_background=False, output_transform=from_engine(["pred", "label"]))}
