@@ -47,7 +47,7 @@ def lung_mask(ct: np.ndarray, affine: np.ndarray, air_hu: float = -400.0, body_h
 
     Returns:
         uint8 array of ``ct``'s shape: 0 background, 1 right lung, 2 left lung (:data:`LUNG_LABELS`).
-        Checked against Slicer's and TotalSegmentator's lung labels in ``tests/test_evaluation.py``.
+        Checked against Slicer's and TotalSegmentator's lung labels in ``tests/test_evaluation_run.py``.
     """
     ct = np.asarray(ct, dtype=np.float32)
     aff = np.asarray(affine, dtype=float)

@@ -19,7 +19,7 @@ from monai_pipeline.data.datasets import brain_datalist, image_datalist, lgg_dat
 from monai_pipeline.io.slices import read_slice
 from monai_pipeline.evaluation.metrics import patient_dice, slice_scores
 from monai_pipeline.evaluation.run import score_slice_folders
-from test_export import assert_same_geometry
+from test_io_masks import assert_same_geometry
 
 
 @pytest.fixture(scope="session")

@@ -203,7 +203,7 @@ def test_speed_option_keeps_geometry_and_dice(segmenting, tiny_msd, tmp_path, op
     few voxels of these 4 mm phantoms' small tumours, about 0.01 of one case's Dice). The lung crop
     changes what the network sees (window placement, context at the crop's edge), which moves single cases
     either way: for it, and for the defaults that include it, the mean is no more than 0.01 worse."""
-    from test_export import assert_same_geometry
+    from test_io_masks import assert_same_geometry
 
     slow_dir = segmenting / "eval_slow"
     if not (slow_dir / "metrics.json").is_file():

@@ -16,7 +16,7 @@ import torch
 
 from conftest import (CFG_EVAL, CFG_INFER, CFG_MULTI_GPU_TRAIN, CFG_TRAIN, LUNG_BUNDLE, ROOT, TINY, VENV_BIN, bundle,
                       run_cmd, shared)
-from test_export import assert_same_geometry
+from test_io_masks import assert_same_geometry
 
 
 def test_train_writes_model_checkpoint_and_logs(trained):
