@@ -71,14 +71,19 @@ def bundle(*args: str) -> list[str]:
     return [str(VENV_BIN / "python"), "-m", "monai.bundle", *args]
 
 
+def train_bundle_copy(source: Path, root: Path, dataset: Path, epochs: int, tiny: list[str]) -> Path:
+    """Copy the bundle folder ``source`` to ``root`` and train it there on ``dataset`` (models/, eval/ and
+    train.log inside it), validating on a third of the patients."""
+    shutil.copytree(source, root)
+    proc = run_cmd(bundle("run", "--config_file", CFG_TRAIN, "--dataset_dir", str(dataset), "--epochs", str(epochs),
+                          "--val_interval", "1", "--val_fraction", "0.34", *tiny), cwd=root)
+    (root / "train.log").write_text(proc.stdout + proc.stderr)
+    return root
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, tiny_msd) -> Path:
     """A bundle copy trained for 2 epochs on the tiny dataset (models/ and eval/ inside it)."""
-    root = tmp_path_factory.mktemp("trained") / "lung"
-    shutil.copytree(LUNG_BUNDLE, root)
-    proc = run_cmd(bundle("run", "--config_file", CFG_TRAIN, "--dataset_dir", str(tiny_msd), "--epochs", "2",
-                          "--val_interval", "1", "--val_fraction", "0.34", *TINY), cwd=root)
-    (root / "train.log").write_text(proc.stdout + proc.stderr)
-    return root
+    return train_bundle_copy(LUNG_BUNDLE, tmp_path_factory.mktemp("trained") / "lung", tiny_msd, 2, TINY)
 
 

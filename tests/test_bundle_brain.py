@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import BRAIN_BUNDLE, BRAIN_TINY, CFG_EVAL, CFG_INFER, CFG_TRAIN, VENV_BIN, bundle, run_cmd, shared
+from conftest import BRAIN_BUNDLE, BRAIN_TINY, CFG_EVAL, CFG_INFER, CFG_TRAIN, VENV_BIN, bundle, run_cmd, shared, \
+    train_bundle_copy
 from monai_pipeline.errors import DataError
 from monai_pipeline.data.datasets import brain_datalist, image_datalist, lgg_datalist
 from monai_pipeline.io.slices import read_slice
@@ -43,12 +44,7 @@ def brain_volumes(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def brain_trained(tmp_path_factory, brain_slices) -> Path:
     """A brain bundle copy trained for 3 epochs on the phantom slices."""
-    root = tmp_path_factory.mktemp("brain") / "brain"
-    shutil.copytree(BRAIN_BUNDLE, root)
-    proc = run_cmd(bundle("run", "--config_file", CFG_TRAIN, "--dataset_dir", str(brain_slices), "--epochs", "3",
-                          "--val_interval", "1", "--val_fraction", "0.34", *BRAIN_TINY), cwd=root)
-    (root / "train.log").write_text(proc.stdout + proc.stderr)
-    return root
+    return train_bundle_copy(BRAIN_BUNDLE, tmp_path_factory.mktemp("brain") / "brain", brain_slices, 3, BRAIN_TINY)
 
 
 def _tif(path: Path, arr: np.ndarray) -> Path:
