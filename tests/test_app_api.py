@@ -11,12 +11,14 @@ import textwrap
 
 
 SCRIPT = textwrap.dedent('''
-    import json, sys
+    import json, logging, sys
     from pathlib import Path
     import monai_pipeline
     from monai_pipeline import evaluate, segment, train
 
     data, work = Path(sys.argv[1]), Path(sys.argv[2])
+    logging.basicConfig(level=logging.WARNING)  # the caller's own logging set-up, which the runs must keep
+    before = list(logging.getLogger().handlers)
     tiny = {"patch_size": [32, 32, 16], "pixdim": [4.0, 4.0, 5.0], "num_workers": 0, "sw_batch_size": 2}
     model_dir = train(data, epochs=1, val_interval=1, val_fraction=0.34, ckpt_dir=str(work / "models"),
                       output_dir=str(work / "train"), **tiny)
@@ -33,6 +35,7 @@ SCRIPT = textwrap.dedent('''
         "first_masks": [p.name for p in first.masks], "again_masks": [p.name for p in again.masks],
         "one_masks": [p.name for p in one.masks],
         "scored": sorted(r["case_id"] for r in scores["cases"]),
+        "root_logging_kept": logging.getLogger().handlers == before and logging.getLogger().level == logging.WARNING,
         "globals": sorted(k for k, v in vars(monai_pipeline.engine.inference.InferenceProgress).items()
                           if isinstance(v, dict) or k.endswith("summary")),
     }))
@@ -50,3 +53,4 @@ def test_api_from_a_plain_interpreter(tiny_msd, tmp_path):
     assert out["one_masks"] == ["lung_100_seg.nrrd"]
     assert out["scored"] == ["lung_100", "lung_101"]
     assert out["globals"] == []  # no run's summary is kept on the class
+    assert out["root_logging_kept"]  # the bundle's logging.conf applies during a run, not after it

@@ -94,6 +94,21 @@ def device_override(device: str | None) -> dict[str, str]:
 
 
 @contextlib.contextmanager
+def _root_logging_restored() -> Iterator[None]:
+    """Leave the root logger as it was: a bundle run applies its ``configs/logging.conf`` (as ``python -m
+    monai.bundle run`` does), which replaces the root handlers with one bound to this moment's ``sys.stdout``. A
+    process that runs bundles many times (the Python API in a notebook or 3D Slicer's console, the tests) keeps
+    its own logging set-up between runs."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+@contextlib.contextmanager
 def _data_errors() -> Iterator[None]:
     """Re-raise this project's own errors (a bad input file, a locked folder, and errors that carry an
     ``exit_code`` of their own, such as training that turned non-finite) as themselves where MONAI's config
@@ -133,7 +148,7 @@ def run_bundle(name: str, workflow: str, overlays: Sequence[str | os.PathLike] =
     logger.info("running %s %s with %s", root.name, workflow, overrides)
     before = held_locks()
     try:
-        with _data_errors():
+        with _root_logging_restored(), _data_errors():
             flow = create_workflow(
                 config_file=bundle_configs(name, workflow, overlays),
                 meta_file=str(root / "configs" / "metadata.json"),
