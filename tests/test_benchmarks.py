@@ -38,7 +38,8 @@ def test_lidc_benchmark_quick_run(tmp_path):
     shared("lidc_nodules")
     out = tmp_path / "lidc.json"
     run_cmd([sys.executable, str(ROOT / "scripts" / "benchmark_lidc.py"), "--epochs", "1", "--max-cases", "24",
-             "--work", str(tmp_path / "work"), "--out", str(out), "--set", "num_workers=0"], cwd=ROOT, timeout=1800)
+             "--work", str(tmp_path / "work"), "--out", str(out), "--set", "num_workers=0",
+             "--set", "val_interval=1"], cwd=ROOT, timeout=1800)  # the overlay validates every 2 epochs: none in 1
     result = json.loads(out.read_text())
     assert LIDC_KEYS <= set(result) and result["n_train"] == 24 and result["epochs"] == 1
 
