@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from monai_pipeline.data.splits import kfold_split, select, split_train_val
-from monai_pipeline.data.validate import image_info, validate_datalist
+from monai_pipeline.data.validate import check_unique_case_ids, image_info, validate_datalist
 from monai_pipeline.errors import DataError
 from monai_pipeline.io.naming import IMAGE_SUFFIXES, SLICE_SUFFIXES, case_id, first, is_slice_file, patient_id
 from monai_pipeline.io.slices import is_slice_mask, pair_slices, read_slice, slice_parts
@@ -240,12 +240,7 @@ def image_datalist(images: str | os.PathLike | Iterable[str | os.PathLike], ndim
 
 
 def _unique_case_ids(items: list[dict]) -> list[dict]:
-    seen: dict[str, str] = {}
-    for item in items:
-        cid, full = item["case_id"], first(item["image"])
-        if cid in seen:
-            raise DataError(f"{full}: case ID '{cid}' is also used by {seen[cid]}; outputs would collide")
-        seen[cid] = full
+    check_unique_case_ids(first(item["image"]) for item in items)
     return items
 
 

@@ -13,7 +13,6 @@ import gzip
 import json
 import os
 import re
-import struct
 import zlib
 from functools import lru_cache
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from monai_pipeline.errors import DataError
-from monai_pipeline.io.images import ImageProperties, is_nifti
+from monai_pipeline.io.images import ImageProperties, gzip_trailer_size, is_nifti, nifti_data_bytes
 from monai_pipeline.io.naming import IMAGE_SUFFIXES, case_id
 from monai_pipeline.io.slices import slice_parts
 
@@ -80,13 +79,6 @@ def _check_finite(path: Path, arr: np.ndarray) -> None:
         raise DataError(f"{path}: {bad} voxels are NaN or infinite")
 
 
-def _gzip_trailer_size(path: Path) -> int:
-    """The uncompressed size (mod 2**32) a gzip file's last four bytes record (ISIZE, RFC 1952)."""
-    with open(path, "rb") as fh:
-        fh.seek(-4, os.SEEK_END)
-        return struct.unpack("<I", fh.read(4))[0]
-
-
 def _nifti_info(path: Path, thorough: bool = True) -> ImageProperties:
     compressed = path.name.lower().endswith(".gz")
     try:
@@ -99,11 +91,10 @@ def _nifti_info(path: Path, thorough: bool = True) -> ImageProperties:
     _check_size(path, tuple(int(s) for s in img.shape))
     hdr = img.header
     shape = tuple(int(s) for s in img.shape)
-    offset = int(getattr(img.dataobj, "offset", hdr.get_data_offset()))
-    expected = offset + int(np.prod(shape)) * np.dtype(hdr.get_data_dtype()).itemsize
+    expected = nifti_data_bytes(img)
     if not compressed:
         payload = path.stat().st_size
-    elif not thorough and path.stat().st_size >= 18 and _gzip_trailer_size(path) == expected % 2**32:
+    elif not thorough and path.stat().st_size >= 18 and gzip_trailer_size(path) == expected % 2**32:
         payload = expected  # the trailer records the size the header needs: the loader's read checks the CRC
     else:
         payload = _gzip_payload_size(path)

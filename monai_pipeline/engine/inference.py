@@ -21,13 +21,11 @@ import json
 import logging
 import os
 import re
-import struct
 import time
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
 
 import nibabel as nib
-import numpy as np
 import torch
 import torch.distributed as dist
 from ignite.engine import Events
@@ -39,7 +37,8 @@ from monai_pipeline.data.validate import check_something_usable, check_unique_ca
 from monai_pipeline.engine.runtime import dist_rank
 from monai_pipeline.errors import DataError
 from monai_pipeline.io.atomic import atomic_write_text
-from monai_pipeline.io.images import is_nifti, read_image, read_properties, to_numpy, write_mask_like
+from monai_pipeline.io.images import (gzip_trailer_size, is_nifti, nifti_data_bytes, read_image, read_properties, to_numpy,
+                                      write_mask_like)
 from monai_pipeline.io.naming import IMAGE_SUFFIXES, MASK_SUFFIXES, SLICE_SUFFIXES, case_id, first, is_slice_file, mask_path
 from monai_pipeline.io.slices import write_overlay, write_slice_mask_like
 
@@ -63,13 +62,9 @@ def _volume_problem(mask: Path, source: str) -> str | None:
     if not m.same_grid(src, n):
         return f"geometry differs from the source's ({m.difference(src)})"
     if is_nifti(mask):
-        img = nib.load(str(mask))  # header only
-        needed = int(getattr(img.dataobj, "offset", img.header.get_data_offset())) + int(np.prod(img.shape)) * img.get_data_dtype().itemsize
+        needed = nifti_data_bytes(nib.load(str(mask)))  # header only
         if mask.name.lower().endswith(".gz"):
-            # a gzip stream ends with the size of its uncompressed data (mod 2**32): a truncated file does not
-            with open(mask, "rb") as fh:
-                fh.seek(-4, os.SEEK_END)
-                isize = struct.unpack("<I", fh.read(4))[0]
+            isize = gzip_trailer_size(mask)
             if isize != needed % 2**32:
                 return f"truncated or corrupt (gzip trailer says {isize} bytes, the header needs {needed})"
         elif mask.stat().st_size < needed:

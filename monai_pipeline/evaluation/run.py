@@ -89,7 +89,8 @@ def score_slice_folders(pred_dir: str | os.PathLike, label_root: str | os.PathLi
 
 def _on_label_grid(path: str, label_path: str, label_props: ImageProperties, resample: bool, what: str,
                    linear: bool = False) -> np.ndarray:
-    """``path``'s voxels on the label's grid: as they are when the grids agree, resampled when asked."""
+    """``path``'s voxels on the label's grid: as they are when the grids agree, resampled when asked. ``what``
+    names the file in messages (a prediction is read as a mask)."""
     arr, props = read_image(path, "mask" if what == "prediction" else what)
     if props.same_grid(label_props):
         return arr

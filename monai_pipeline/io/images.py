@@ -19,6 +19,7 @@ anatomical) when written, so every reader (nibabel, ITK, 3D Slicer) sees the sam
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ from monai_pipeline.errors import DataError
 from monai_pipeline.io.atomic import atomic_path
 
 __all__ = ["ImageProperties", "GEOMETRY_TOL_MM", "LPS_TO_RAS", "lps_to_ras", "read_properties", "read_image",
-           "write_image", "write_mask_like", "write_nifti", "is_nifti", "to_numpy", "read_mask"]
+           "write_image", "write_mask_like", "write_nifti", "is_nifti", "to_numpy", "read_mask",
+           "nifti_data_bytes", "gzip_trailer_size"]
 
 GEOMETRY_TOL_MM = 1e-3
 """Two grids are the same when their voxel-to-world matrices agree within this (mm): the one tolerance."""
@@ -47,6 +49,20 @@ def lps_to_ras(matrix: np.ndarray) -> np.ndarray:
 
 def is_nifti(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith((".nii", ".nii.gz"))
+
+
+def nifti_data_bytes(img: nib.Nifti1Image) -> int:
+    """Bytes a NIfTI file must hold (uncompressed) by its header: the data offset plus every voxel."""
+    offset = int(getattr(img.dataobj, "offset", img.header.get_data_offset()))
+    return offset + int(np.prod(img.shape)) * np.dtype(img.header.get_data_dtype()).itemsize
+
+
+def gzip_trailer_size(path: str | os.PathLike) -> int:
+    """The uncompressed size (mod 2**32) a gzip file's last four bytes record (ISIZE, RFC 1952): a truncated
+    file does not end with the size its header needs."""
+    with open(path, "rb") as fh:
+        fh.seek(-4, os.SEEK_END)
+        return struct.unpack("<I", fh.read(4))[0]
 
 
 @dataclass(frozen=True)
@@ -193,7 +209,8 @@ def _save_nifti(arr: np.ndarray, affine: np.ndarray, path: Path) -> None:
     nib.save(img, str(path))
 
 
-def write_image(array: Any, properties: ImageProperties, dest: str | os.PathLike, dtype: Any = None) -> Path:
+def write_image(array: Any, properties: ImageProperties, dest: str | os.PathLike, dtype: Any = None,
+                what: str = "array") -> Path:
     """Write ``array`` (voxel order (i, j, k)) on the grid ``properties`` describe, atomically.
 
     The extension of ``dest`` picks the format (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``). NIfTI is written
@@ -208,7 +225,8 @@ def write_image(array: Any, properties: ImageProperties, dest: str | os.PathLike
     if dtype is not None:
         arr = arr.astype(dtype)
     if tuple(arr.shape) != tuple(properties.shape):
-        raise ValueError(f"{dest}: array shape {tuple(arr.shape)} is not the grid's shape {tuple(properties.shape)}")
+        raise ValueError(f"{dest}: {what} shape {tuple(arr.shape)} is not the shape {tuple(properties.shape)} of its "
+                         "source image")
     dest = Path(dest)
     with atomic_path(dest) as tmp:
         if is_nifti(dest):
@@ -238,13 +256,7 @@ def write_mask_like(mask: Any, source: str | os.PathLike | ImageProperties, dest
         ValueError: the mask's shape is not the source's.
     """
     props = source if isinstance(source, ImageProperties) else read_properties(source)
-    arr = to_numpy(mask)
-    if arr.ndim == props.ndim + 1 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.shape != props.shape:
-        raise ValueError(f"{dest}: mask shape {arr.shape} is not the shape {props.shape} of its source image "
-                         f"{source if not isinstance(source, ImageProperties) else ''}".rstrip())
-    return write_image(arr, props, dest, dtype)
+    return write_image(mask, props, dest, dtype, what="mask")
 
 
 def write_nifti(array: np.ndarray, affine: np.ndarray, dest: str | os.PathLike) -> Path:
