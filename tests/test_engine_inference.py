@@ -165,7 +165,7 @@ def test_bad_volumes_are_skipped_named_and_exit_1(trained, volumes, tmp_path):
     nan = np.full((24, 24, 8), -1000.0, np.float32)
     nan[3, 4, 5] = np.nan
     write_nifti(nan, np.diag([5.0, 5.0, 8.0, 1.0]), folder / "nans.nii.gz")  # refused by validation
-    # an RGB NIfTI: its header and payload are fine, loading it as CT fails (LoadImaged cannot cast it)
+    # an RGB NIfTI: its header and payload are fine, loading it as CT fails (the reader wants one value per voxel)
     rgb = np.zeros((24, 24, 8), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
     nib.save(nib.Nifti1Image(rgb, np.diag([5.0, 5.0, 8.0, 1.0])), str(folder / "rgb.nii.gz"))
     out = tmp_path / "masks"
@@ -173,7 +173,7 @@ def test_bad_volumes_are_skipped_named_and_exit_1(trained, volumes, tmp_path):
     assert proc.returncode == 1, log[-4000:]
     assert sorted(p.name for p in out.iterdir()) == ["failed.json", "lung_100_seg.nii.gz"]
     failed = proc.stderr.splitlines()
-    for name, why in [("cut.nii.gz", "truncated gzip"), ("nans.nii.gz", "NaN"), ("rgb.nii.gz", "LoadImaged")]:
+    for name, why in [("cut.nii.gz", "truncated gzip"), ("nans.nii.gz", "NaN"), ("rgb.nii.gz", "3 values per voxel")]:
         assert any(ln.startswith("failed: ") and name in ln and why in ln for ln in failed), (name, proc.stderr)
     assert "1 mask(s) written" in proc.stdout and "3 failed" in proc.stdout
     listing = json.loads((out / "failed.json").read_text())

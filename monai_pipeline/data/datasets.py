@@ -19,6 +19,7 @@ from typing import Any, Iterable
 from monai_pipeline.data.splits import kfold_split, select, split_train_val
 from monai_pipeline.data.validate import check_unique_case_ids, image_info, validate_datalist
 from monai_pipeline.errors import DataError
+from monai_pipeline.io.dicom import is_dicom_path
 from monai_pipeline.io.naming import IMAGE_SUFFIXES, SLICE_SUFFIXES, case_id, first, is_slice_file, patient_id
 from monai_pipeline.io.slices import is_slice_mask, pair_slices, read_slice, slice_parts
 
@@ -164,14 +165,17 @@ def msd_test_datalist(dataset_dir: str | os.PathLike) -> list[str]:
 
 
 def gather_paths(images: str | os.PathLike | Iterable[str | os.PathLike], suffixes: tuple[str, ...]) -> list[str]:
-    """Image paths from paths, a folder (files with ``suffixes``; slice masks ``*_mask.*`` left out) or a list file."""
+    """Image paths from paths, a folder (files with ``suffixes``; slice masks ``*_mask.*`` left out; a folder of
+    DICOM files is one DICOM series path) or a list file."""
     if isinstance(images, (str, os.PathLike)):
         p = Path(images)
         if p.is_dir():
             paths = sorted(str(q) for q in p.iterdir() if q.name.lower().endswith(suffixes)
                            and not q.name.startswith(".") and not is_slice_mask(q))
+            if not paths and is_dicom_path(p):
+                paths = [str(p)]  # a DICOM folder is one volume (its series is chosen when it is read)
             if not paths:
-                raise DataError(f"{p}: folder holds no images ({', '.join(suffixes)})")
+                raise DataError(f"{p}: folder holds no images ({', '.join(suffixes)}) and no DICOM files")
         elif p.suffix.lower() in (".txt", ".csv", ".lst"):
             if not p.is_file():
                 raise DataError(f"{p}: image list not found")

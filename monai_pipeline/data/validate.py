@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from monai_pipeline.errors import DataError
+from monai_pipeline.io.dicom import dicom_source, read_series, read_series_properties
 from monai_pipeline.io.images import ImageProperties, gzip_trailer_size, is_nifti, nifti_data_bytes
 from monai_pipeline.io.naming import IMAGE_SUFFIXES, case_id
 from monai_pipeline.io.slices import slice_parts
@@ -147,13 +148,24 @@ def _cached_info(path: str, mtime_ns: int, size: int, thorough: bool = True) -> 
     raise DataError(f"{p}: unknown image type (expected one of {', '.join(IMAGE_SUFFIXES)})")
 
 
+def _dicom_info(folder: Path, series: str | None, thorough: bool) -> ImageProperties:
+    """A DICOM series checked as one regular volume (:func:`~monai_pipeline.io.dicom.series_geometry`); with
+    ``thorough`` its voxels are read too (a slice whose pixel data is broken is named)."""
+    props = read_series_properties(folder, series)
+    _check_size(folder, props.shape)
+    if thorough:
+        read_series(folder, series)
+    return props
+
+
 def image_info(path: str | os.PathLike, ndim: int | None = 3, thorough: bool = True) -> ImageProperties:
     """Validate one image file and return its properties (shape, spacing, origin, direction, dtype).
 
     Results are cached per file (path, modification time, size), so a second call reads nothing.
 
     Args:
-        path: NIfTI (``.nii``/``.nii.gz``) or an ITK-readable volume (``.nrrd``, ``.mha``, ...).
+        path: NIfTI (``.nii``/``.nii.gz``), an ITK-readable volume (``.nrrd``, ``.mha``, ...) or a DICOM series
+            (a folder, ``FOLDER#SERIES_UID`` or one of its files: :mod:`monai_pipeline.io.dicom`).
         ndim: required number of spatial dimensions (a trailing axis of length 1 is accepted);
             ``None`` accepts any.
         thorough: read a ``.nii.gz`` stream to its end (truncation and CRC errors surface now, before
@@ -167,10 +179,13 @@ def image_info(path: str | os.PathLike, ndim: int | None = 3, thorough: bool = T
             non-finite or zero spacing.
     """
     p = Path(path)
-    if not p.is_file():
+    if not p.name.lower().endswith(IMAGE_SUFFIXES) and (series := dicom_source(p)) is not None:
+        info = _dicom_info(*series, thorough=thorough)
+    elif not p.is_file():
         raise DataError(f"{p}: file not found")
-    st = p.stat()
-    info = _cached_info(str(p.resolve()), st.st_mtime_ns, st.st_size, thorough)
+    else:
+        st = p.stat()
+        info = _cached_info(str(p.resolve()), st.st_mtime_ns, st.st_size, thorough)
     shape = info.shape
     if ndim is not None:
         squeezed = shape[:ndim] if len(shape) > ndim and all(s == 1 for s in shape[ndim:]) else shape

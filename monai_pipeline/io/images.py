@@ -30,6 +30,7 @@ import SimpleITK as sitk
 
 from monai_pipeline.errors import DataError
 from monai_pipeline.io.atomic import atomic_path
+from monai_pipeline.io.naming import IMAGE_SUFFIXES
 
 __all__ = ["ImageProperties", "GEOMETRY_TOL_MM", "LPS_TO_RAS", "lps_to_ras", "read_properties", "read_image",
            "write_image", "write_mask_like", "write_nifti", "is_nifti", "to_numpy", "read_mask",
@@ -161,12 +162,24 @@ def _itk_message(err: Exception) -> str:
     return (str(err).strip().splitlines() or ["unknown error"])[-1]
 
 
+def _dicom(path: str | os.PathLike) -> tuple[Path, str | None] | None:
+    """The DICOM series ``path`` names (a folder, ``FOLDER#UID`` or a DICOM file), or None for other files."""
+    if str(path).lower().endswith(IMAGE_SUFFIXES):
+        return None
+    from monai_pipeline.io.dicom import dicom_source  # the DICOM reader builds on this module
+    return dicom_source(path)
+
+
 def read_properties(path: str | os.PathLike) -> ImageProperties:
-    """The header of an image file (no voxels read).
+    """The header of an image file, or of a DICOM series (a folder, ``FOLDER#SERIES_UID`` or one of its
+    files; see :mod:`monai_pipeline.io.dicom`), no voxels read.
 
     Raises:
         DataError: missing or unreadable file.
     """
+    if (series := _dicom(path)) is not None:
+        from monai_pipeline.io.dicom import read_series_properties
+        return read_series_properties(*series)
     if not Path(path).is_file():
         raise DataError(f"{path}: file not found")
     reader = _reader(path)
@@ -178,11 +191,15 @@ def read_properties(path: str | os.PathLike) -> ImageProperties:
 
 
 def read_image(path: str | os.PathLike, what: str = "image") -> tuple[np.ndarray, ImageProperties]:
-    """Read a volume once: ``(array in voxel order (i, j, k), properties)``.
+    """Read a volume once: ``(array in voxel order (i, j, k), properties)``; a DICOM series too (as for
+    :func:`read_properties`).
 
     Raises:
         DataError: naming the file, when it is missing or cannot be read (``what`` names its role).
     """
+    if (series := _dicom(path)) is not None:
+        from monai_pipeline.io.dicom import read_series
+        return read_series(*series)
     if not Path(path).is_file():
         raise DataError(f"{path}: file not found")
     try:

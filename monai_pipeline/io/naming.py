@@ -30,11 +30,16 @@ def first(entry: str | os.PathLike | Sequence[str]) -> str:
 
 
 def case_id(path: str | os.PathLike) -> str:
-    """Case identifier of an image path: the file name without its image extension."""
+    """Case identifier of an image path: the file name without its image extension; for a DICOM series (a
+    folder, ``FOLDER#SERIES_UID`` or one of its files) the series' pseudonym (``dcm-`` + a hash of its
+    SeriesInstanceUID: no patient name, ID or date reaches a file name)."""
     name = Path(path).name
     for suffix in IMAGE_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
+    from monai_pipeline.io.dicom import choose_series, dicom_source  # DICOM builds on the image layer
+    if (series := dicom_source(path)) is not None:
+        return choose_series(*series).case_id
     return Path(name).stem
 
 

@@ -4,14 +4,16 @@ The chains themselves (LoadImaged -> Orientationd -> Spacingd -> ...) are writte
 MONAI class by MONAI class, so a config reads as the pipeline. Configs name these classes
 ``monai_pipeline.transforms.<Name>``.
 
+- :mod:`~monai_pipeline.transforms.load`: ``LoadVolumed``, every volume format and DICOM through one reader;
 - :mod:`~monai_pipeline.transforms.ct`: body and lung region of a CT;
 - :mod:`~monai_pipeline.transforms.slices`: brain MRI slice stacks and their normalisation;
 - :mod:`~monai_pipeline.transforms.resample`: predictions back onto the source grid.
 """
 
 from monai_pipeline.transforms.ct import BodyRegion, LungRegion
+from monai_pipeline.transforms.load import LoadVolumed
 from monai_pipeline.transforms.resample import ResampleToSourced
 from monai_pipeline.transforms.slices import SLICE_STACK_AFFINE, BrainNormalized, BrainSlicesd, LoadBrainImaged
 
-__all__ = ["BodyRegion", "LungRegion", "ResampleToSourced", "LoadBrainImaged", "BrainNormalized", "BrainSlicesd",
+__all__ = ["LoadVolumed", "BodyRegion", "LungRegion", "ResampleToSourced", "LoadBrainImaged", "BrainNormalized", "BrainSlicesd",
            "SLICE_STACK_AFFINE"]

@@ -13,6 +13,7 @@ from monai.transforms import LoadImage, MapTransform
 
 from monai_pipeline.io.images import LPS_TO_RAS
 from monai_pipeline.io.naming import is_slice_file
+from monai_pipeline.io.reader import VolumeReader
 from monai_pipeline.io.slices import read_slice
 
 __all__ = ["LoadBrainImaged", "BrainNormalized", "BrainSlicesd", "SLICE_STACK_AFFINE"]
@@ -56,7 +57,8 @@ class LoadBrainImaged(MapTransform):
                     "original_affine": SLICE_STACK_AFFINE.copy(), "spatial_shape": np.asarray(stack.shape[1:])}
             return MetaTensor(torch.as_tensor(stack.astype(np.float32)), affine=torch.as_tensor(SLICE_STACK_AFFINE),
                               meta=meta)
-        img = LoadImage(image_only=True, ensure_channel_first=True)(files if len(files) > 1 else files[0])
+        img = LoadImage(image_only=True, ensure_channel_first=True)(files if len(files) > 1 else files[0],
+                                                                   reader=VolumeReader())
         return img.float() if not self.label else img
 
     def __call__(self, data: Mapping) -> dict:
