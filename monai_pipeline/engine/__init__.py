@@ -15,8 +15,8 @@ from monai_pipeline.engine.inference import (FAILED_KEY, InferenceDataset, Infer
                                              existing_mask_problem, pending)
 from monai_pipeline.engine.precision import (PrecisionInferer, cpu_amx_supported, cpu_bf16_supported, cpu_flags,
                                              resolve_precision, verifies)
-from monai_pipeline.engine.runtime import (default_device, default_num_workers, dist_rank, end_distributed,
-                                           init_distributed, rank_zero_only)
+from monai_pipeline.engine.runtime import (algorithm_id, default_device, default_num_workers, dist_rank,
+                                           end_distributed, git_revision, init_distributed, rank_zero_only)
 from monai_pipeline.engine.training import (NONFINITE_EXIT_CODE, NonFiniteGuard, NonFiniteTrainingError, ValidationState,
                                             mean_dice_metric)
 
@@ -24,5 +24,5 @@ __all__ = ["CheckpointSaver", "attach_handlers", "latest_checkpoint", "remove_pa
            "FAILED_KEY", "InferenceDataset", "InferenceProgress", "Pending", "SaveMaskd", "existing_mask_problem",
            "pending", "PrecisionInferer", "cpu_amx_supported", "cpu_bf16_supported", "cpu_flags", "resolve_precision",
            "verifies", "default_device", "default_num_workers", "dist_rank", "init_distributed", "end_distributed",
-           "rank_zero_only", "NONFINITE_EXIT_CODE",
+           "rank_zero_only", "algorithm_id", "git_revision", "NONFINITE_EXIT_CODE",
            "NonFiniteGuard", "NonFiniteTrainingError", "ValidationState", "mean_dice_metric"]

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
 
 import nibabel as nib
+import numpy as np
 import torch
 import torch.distributed as dist
 from ignite.engine import Events
@@ -37,6 +38,8 @@ from monai_pipeline.data.validate import check_something_usable, check_unique_ca
 from monai_pipeline.engine.runtime import dist_rank
 from monai_pipeline.errors import DataError
 from monai_pipeline.io.atomic import atomic_write_text
+from monai_pipeline.io.dicom import is_dicom_path
+from monai_pipeline.io.dicom_seg import write_dicom_seg
 from monai_pipeline.io.images import (gzip_trailer_size, is_nifti, nifti_data_bytes, read_image, read_properties, to_numpy,
                                       write_mask_like)
 from monai_pipeline.io.naming import IMAGE_SUFFIXES, MASK_SUFFIXES, SLICE_SUFFIXES, case_id, first, is_slice_file, mask_path
@@ -437,6 +440,11 @@ class SaveMaskd:
         one_hot: the mask is one-hot ``(C, *spatial)``; its argmax over C is written.
         overlay: for slice stacks, also write ``<slice>_overlay.png`` (image with the mask shaded).
         overlay_channel: channel shown in grey in the overlays; None shows the image as stored.
+        dicom_seg: when the source is a DICOM series, also write the mask as a DICOM SEG object
+            ``<case>_<postfix>.dcm`` beside it (:func:`~monai_pipeline.io.dicom_seg.write_dicom_seg`), before the
+            mask itself, so a complete mask file means both were written.
+        segment_names: segment name per label value for the DICOM SEG (default ``{1: "tumor"}``).
+        algorithm: ``{"name", "version"}`` recorded in the DICOM SEG (:func:`~monai_pipeline.engine.algorithm_id`).
 
     The mask goes to the path :func:`pending` chose for the case (``meta["output_path"]`` of the image, set by
     :class:`InferenceDataset`); an image without one (another dataset class) gets
@@ -451,7 +459,9 @@ class SaveMaskd:
     def __init__(self, keys: Hashable | Sequence[Hashable] = "pred", source_key: str = "image",
                  output_dir: str | os.PathLike = "./eval", output_postfix: str = "seg",
                  output_ext: str = ".nii.gz", one_hot: bool = False, overlay: bool = False,
-                 overlay_channel: int | None = None) -> None:
+                 overlay_channel: int | None = None, dicom_seg: bool = True,
+                 segment_names: Mapping[int, str] | None = None, algorithm: Mapping[str, str] | None = None) -> None:
+        self.dicom_seg, self.segment_names, self.algorithm = dicom_seg, segment_names, algorithm
         self.keys = [keys] if isinstance(keys, (str, bytes)) or not isinstance(keys, Sequence) else list(keys)
         self.source_key = source_key
         self.output_dir = Path(output_dir)
@@ -478,6 +488,10 @@ class SaveMaskd:
             known = meta.get(OUTPUT_PATH_KEY) if len(self.keys) == 1 else None
             dest = Path(known) if known else mask_path(source, self.output_dir, postfix, self.output_ext)
             mask = d[key].argmax(0) if self.one_hot else d[key]
+            if self.dicom_seg and not str(source).lower().endswith(IMAGE_SUFFIXES) and is_dicom_path(source):
+                seg = write_dicom_seg(to_numpy(mask).astype(np.uint8), source, dest.with_name(
+                    dest.name[: -len(self.output_ext)] + ".dcm"), self.segment_names, self.algorithm)
+                d.setdefault("saved_masks", []).append(str(seg))
             write_mask_like(mask, image_info(source, None, thorough=False), dest)
             logger.info("wrote %s", dest)
             d.setdefault("saved_masks", []).append(str(dest))

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
+import subprocess
+from functools import lru_cache
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 __all__ = ["default_device", "default_num_workers", "init_distributed", "dist_rank", "end_distributed",
-           "rank_zero_only"]
+           "rank_zero_only", "git_revision", "algorithm_id"]
 
 
 def default_device(device: str | None = None) -> torch.device:
@@ -71,3 +75,29 @@ def rank_zero_only(items: list, keep: int = 0) -> list:
     LR schedule, validation, early stopping), listed first, and leave logging and checkpoint saving to rank 0.
     """
     return list(items) if dist_rank()[0] == 0 else list(items)[:keep]
+
+
+@lru_cache(maxsize=None)
+def git_revision() -> str:
+    """Short git revision of the installed package's checkout (``+dirty`` with local changes), or ``unknown``."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return rev + ("+dirty" if dirty else "") if rev else "unknown"
+
+
+def algorithm_id(bundle_root: str | os.PathLike) -> dict[str, str]:
+    """``{"name", "version"}`` of a bundle's model for derived objects (DICOM SEG): the bundle's name, its
+    version and the code's git revision (``lung_ct_tumor_segmentation``, ``0.4.0 (git 1a2b3c4d5e6f)``)."""
+    meta_file = Path(bundle_root) / "configs" / "metadata.json"
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        meta = {}
+    name = str(meta.get("name") or Path(bundle_root).resolve().name).replace(" ", "_")
+    return {"name": name, "version": f"{meta.get('version', 'unknown')} (git {git_revision()})"}

@@ -18,7 +18,9 @@ import numpy as np
 
 from monai_pipeline.data.validate import check_export_target, read_label_map, segment_names
 from monai_pipeline.io.atomic import atomic_write_text, staged_folder
-from monai_pipeline.io.images import read_properties, write_mask_like
+from monai_pipeline.io.dicom import is_dicom_path
+from monai_pipeline.io.images import read_image, read_properties, write_image, write_mask_like
+from monai_pipeline.io.naming import IMAGE_SUFFIXES
 from monai_pipeline.io.naming import case_id as default_case_id
 from monai_pipeline.io.naming import pair_folders
 from monai_pipeline.slicer.meshes import segment_mesh, write_mesh
@@ -106,6 +108,10 @@ coordinates
 """
 
 
+def _is_dicom(image: Path) -> bool:
+    return not image.name.lower().endswith(IMAGE_SUFFIXES) and is_dicom_path(image)
+
+
 def _case_files(case: str, segments: Sequence[SlicerSegment]) -> dict:
     """File names (inside the case folder) of one export."""
     return {"mask": f"{case}_seg.nii.gz", "segmentation": f"{case}.seg.nrrd", "color_table": f"{case}_colors.ctbl",
@@ -155,6 +161,11 @@ def _write_case(tmp: Path, final: Path, case: str, image: Path, mask: Path, labe
     files = _case_files(case, segments)
     voxel_ml = abs(float(np.linalg.det(ijk_to_lps[:3, :3]))) / 1000.0
     write_mask_like(labels, image, tmp / files["mask"], dtype=labels.dtype)
+    volume = image
+    if _is_dicom(image):  # Slicer loads a volume file: the series is written beside the mask, same geometry
+        files["image"] = f"{case}_image.nrrd"
+        write_image(*read_image(image), tmp / files["image"])
+        volume = final / files["image"]
     write_seg_nrrd(labels, ijk_to_lps, segments, tmp / files["segmentation"], smoothing)
     write_color_table(segments, tmp / files["color_table"])
     for s in segments:
@@ -164,7 +175,7 @@ def _write_case(tmp: Path, final: Path, case: str, image: Path, mask: Path, labe
         poly = segment_mesh(labels, s.label, ijk_to_lps, smoothing)
         for name in files["meshes"][s.label]:
             write_mesh(poly, tmp / name, f"monai-pipeline {case} {s.name}")
-    atomic_write_text(tmp / files["script"], _loader_script(case, final, image, segments, files))
+    atomic_write_text(tmp / files["script"], _loader_script(case, final, volume, segments, files))
     atomic_write_text(tmp / files["readme"], _readme(case, image, mask, segments, files, voxel_ml, smoothing))
     atomic_write_text(tmp / files["manifest"], _manifest(case, image, mask, segments, files, voxel_ml, smoothing))
 

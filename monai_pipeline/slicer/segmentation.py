@@ -18,6 +18,8 @@ import slicerio
 
 from monai_pipeline.io.atomic import atomic_path, atomic_write_text
 from monai_pipeline.io.images import lps_to_ras
+from monai_pipeline.io.terminology import KNOWN_SEGMENTS as _KNOWN_SEGMENTS
+from monai_pipeline.io.terminology import PALETTE as _PALETTE
 
 __all__ = ["SLICER_SMOOTHING", "SlicerSegment", "slicer_segments", "write_seg_nrrd", "write_color_table"]
 
@@ -27,25 +29,6 @@ windowed-sinc pass band ``10 ** (-4 * factor)``, 20 iterations, as Slicer's clos
 
 _SLICER_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
 _ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
-_ALTERED = ["SCT", "49755003", "Morphologically Altered Structure"]
-_ANATOMY = ["SCT", "123037004", "Anatomical Structure"]
-# name (lower case) -> (display colour RGB 0-1, SNOMED CT category, type, type modifier)
-_KNOWN_SEGMENTS: dict[str, tuple[tuple[float, float, float], list[str], list[str], list[str] | None]] = {
-    "tumor": ((0.902, 0.294, 0.208), _ALTERED, ["SCT", "108369006", "Neoplasm"], None),
-    "tumour": ((0.902, 0.294, 0.208), _ALTERED, ["SCT", "108369006", "Neoplasm"], None),
-    "neoplasm": ((0.902, 0.294, 0.208), _ALTERED, ["SCT", "108369006", "Neoplasm"], None),
-    "nodule": ((0.949, 0.612, 0.176), _ALTERED, ["SCT", "27925004", "Nodule"], None),
-    "mass": ((0.902, 0.294, 0.208), _ALTERED, ["SCT", "4147007", "Mass"], None),
-    "lesion": ((0.902, 0.294, 0.208), _ALTERED, ["SCT", "52988006", "Lesion"], None),
-    "edema": ((0.969, 0.867, 0.322), _ALTERED, ["SCT", "79654002", "Edema"], None),
-    "necrosis": ((0.522, 0.361, 0.690), _ALTERED, ["SCT", "6574001", "Necrosis"], None),
-    "lung": ((0.553, 0.757, 0.894), _ANATOMY, ["SCT", "39607008", "Lung"], None),
-    "right lung": ((0.416, 0.686, 0.882), _ANATOMY, ["SCT", "39607008", "Lung"], ["SCT", "24028007", "Right"]),
-    "left lung": ((0.776, 0.655, 0.863), _ANATOMY, ["SCT", "39607008", "Lung"], ["SCT", "7771000", "Left"]),
-}
-# colours for labels with other names (ColorBrewer Set1 without the red kept for tumours)
-_PALETTE = [(0.216, 0.494, 0.722), (0.302, 0.686, 0.290), (0.596, 0.306, 0.639), (1.0, 0.498, 0.0),
-            (1.0, 1.0, 0.2), (0.651, 0.337, 0.157), (0.969, 0.506, 0.749), (0.6, 0.6, 0.6)]
 
 
 @dataclass(frozen=True)
