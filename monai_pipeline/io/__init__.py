@@ -3,7 +3,9 @@
 - :mod:`~monai_pipeline.io.images`: volumes (NIfTI, NRRD, MHA) with one properties object carrying geometry;
 - :mod:`~monai_pipeline.io.slices`: 2D slice images and masks;
 - :mod:`~monai_pipeline.io.naming`: case IDs, mask paths, pairing of folders by case;
-- :mod:`~monai_pipeline.io.atomic`: atomic file writes, folder swaps and folder locks.
+- :mod:`~monai_pipeline.io.atomic`: atomic file writes, folder swaps and folder locks;
+- :mod:`~monai_pipeline.io.rtstruct`: DICOM RT Structure Sets, read and rasterised on an image's grid
+  (last in the lookup order below, so looking up the other modules' names never imports pydicom).
 
 Every public name of these modules is available here too (``monai_pipeline.io.write_nifti``); the
 modules are imported on first use, so configs that write ``$monai_pipeline.io.lock_folder(...)`` stay cheap.
@@ -11,7 +13,7 @@ modules are imported on first use, so configs that write ``$monai_pipeline.io.lo
 
 import importlib
 
-_MODULES = ("atomic", "images", "naming", "slices")
+_MODULES = ("atomic", "images", "naming", "slices", "rtstruct")
 
 
 def __getattr__(name: str):
