@@ -4,8 +4,7 @@
 - :mod:`~monai_pipeline.io.slices`: 2D slice images and masks;
 - :mod:`~monai_pipeline.io.naming`: case IDs, mask paths, pairing of folders by case;
 - :mod:`~monai_pipeline.io.atomic`: atomic file writes, folder swaps and folder locks;
-- :mod:`~monai_pipeline.io.dicom`: DICOM series (folders of slices) in, with header geometry and pseudonyms;
-- :mod:`~monai_pipeline.io.reader`: one MONAI ``ImageReader`` (:class:`VolumeReader`) over all of the above.
+_MODULES = ("atomic", "images", "naming", "slices", "dicom", "reader", "terminology", "dicom_seg", "rtstruct")
 
 Every public name of these modules is available here too (``monai_pipeline.io.write_nifti``); the
 modules are imported on first use, so configs that write ``$monai_pipeline.io.lock_folder(...)`` stay cheap.
@@ -13,7 +12,7 @@ modules are imported on first use, so configs that write ``$monai_pipeline.io.lo
 
 import importlib
 
-_MODULES = ("atomic", "images", "naming", "slices", "dicom", "reader", "terminology", "dicom_seg")
+_MODULES = ("atomic", "images", "naming", "slices", "dicom", "reader", "terminology", "dicom_seg", "rtstruct")
 
 
 def __getattr__(name: str):
