@@ -4,7 +4,11 @@
 - :mod:`~monai_pipeline.io.slices`: 2D slice images and masks;
 - :mod:`~monai_pipeline.io.naming`: case IDs, mask paths, pairing of folders by case;
 - :mod:`~monai_pipeline.io.atomic`: atomic file writes, folder swaps and folder locks;
-_MODULES = ("atomic", "images", "naming", "slices", "dicom", "reader", "terminology", "dicom_seg", "rtstruct")
+- :mod:`~monai_pipeline.io.dicom`: DICOM series (folders of slices) in, with header geometry and pseudonyms;
+- :mod:`~monai_pipeline.io.reader`: one MONAI ``ImageReader`` (:class:`VolumeReader`) over all of the above;
+- :mod:`~monai_pipeline.io.terminology`: SNOMED CT codes and colours of segment names;
+- :mod:`~monai_pipeline.io.dicom_seg`: DICOM SEG out (highdicom);
+- :mod:`~monai_pipeline.io.rtstruct`: DICOM RT Structure Sets, read and rasterised on an image's grid.
 
 Every public name of these modules is available here too (``monai_pipeline.io.write_nifti``); the
 modules are imported on first use, so configs that write ``$monai_pipeline.io.lock_folder(...)`` stay cheap.
