@@ -2,7 +2,7 @@
 
 Python API (the functions behind the CLI)::
 
-    from monai_pipeline import segment, train, evaluate
+    from monai_pipeline import segment, train, evaluate, import_dicom
 
 Layers, each importing only those below it (an import-linter contract in the tests holds this)::
 
@@ -33,7 +33,8 @@ __version__ = "0.2.0"
 _SUBPACKAGES = ("anatomy", "app", "data", "engine", "errors", "evaluation", "io", "networks", "report", "slicer",
                 "transforms")
 _API = {"segment": "monai_pipeline.app.api", "train": "monai_pipeline.app.api", "evaluate": "monai_pipeline.app.api",
-        "SegmentationResult": "monai_pipeline.app.api", "DataError": "monai_pipeline.errors"}
+        "import_dicom": "monai_pipeline.app.api", "SegmentationResult": "monai_pipeline.app.api",
+        "DataError": "monai_pipeline.errors"}
 # module paths of version 0.1 -> where their contents live now
 ALIASES = {
     "monai_pipeline.inference": "monai_pipeline.engine",
@@ -47,7 +48,7 @@ ALIASES = {
     "monai_pipeline.synthetic": "monai_pipeline.app.synthetic",
 }
 
-__all__ = ["segment", "train", "evaluate", "SegmentationResult", "DataError", "__version__"]
+__all__ = ["segment", "train", "evaluate", "import_dicom", "SegmentationResult", "DataError", "__version__"]
 
 
 class _AliasLoader(importlib.abc.Loader):

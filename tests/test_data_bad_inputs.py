@@ -148,12 +148,68 @@ def _nrrd_huge(folder: Path) -> Path:
     return path
 
 
+def _dicom(folder: Path, name: str = "ct", seed: int = 0, **kw) -> list[Path]:
+    from monai_pipeline.io.dicom import write_series
+    from monai_pipeline.io.images import ImageProperties
+
+    props = ImageProperties(shape=(16, 14, 8), spacing=(1.0, 1.0, 2.5), origin=(-8.0, -7.0, -10.0),
+                            direction=((1, 0, 0), (0, 1, 0), (0, 0, 1)))
+    arr = np.random.default_rng(seed).integers(-1000, 400, size=props.shape).astype(np.int16)
+    return write_series(arr, props, folder / name, **kw)
+
+
+def _dicom_edit(path: Path, **tags) -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    for k, v in tags.items():
+        setattr(ds, k, v)
+    ds.save_as(path)
+
+
+def _dicom_two_series(folder: Path) -> Path:
+    _dicom(folder / "study", "a")
+    _dicom(folder / "study", "b", seed=1)
+    return folder / "study"
+
+
+def _dicom_missing_slice(folder: Path) -> Path:
+    _dicom(folder)[4].unlink()
+    return folder / "ct"
+
+
+def _dicom_uneven(folder: Path) -> Path:
+    files = _dicom(folder)
+    _dicom_edit(files[4], ImagePositionPatient=[-8.0, -7.0, 0.7])  # 0.3 mm off its place at 1.0 mm
+    return folder / "ct"
+
+
+def _dicom_corrupt(folder: Path) -> Path:
+    files = _dicom(folder)
+    files[2].write_bytes(files[2].read_bytes()[:132] + b"\xff" * 64)
+    return folder / "ct"
+
+
+def _dicom_two_frames(folder: Path) -> Path:
+    from pydicom.uid import generate_uid
+
+    _dicom_edit(_dicom(folder)[3], FrameOfReferenceUID=generate_uid())
+    return folder / "ct"
+
+
 INFER = [
     ("missing file in list", lambda f: _text(f / "list.txt", "nope.nii.gz\n"), "nope.nii.gz: file not found"),
     ("empty list file", lambda f: _text(f / "list.txt", "\n"), "the inference datalist is empty"),
     ("truncated NRRD", _nrrd_truncated, "ct.nrrd: not a readable image"),
     ("NRRD claiming 30000^3", _nrrd_huge, "huge.nrrd: header declares (30000, 30000, 30000)"),
     ("folder without images", lambda f: (f / "empty").mkdir() or f / "empty", "empty: folder holds no images"),
+    ("DICOM: two series, no choice", _dicom_two_series, "holds 2 image series; choose one as FOLDER#SERIES_UID"),
+    ("DICOM: missing slice", _dicom_missing_slice, "1 slice(s) missing between slice_0003.dcm and slice_0005.dcm"),
+    ("DICOM: uneven spacing", _dicom_uneven, "uneven slice spacing"),
+    ("DICOM: corrupt file", _dicom_corrupt, "slice_0002.dcm: corrupt DICOM file"),
+    ("DICOM: two Frames of Reference", _dicom_two_frames, "2 Frames of Reference in one series"),
+    ("DICOM: not an image", lambda f: (_dicom(f), _rtstruct(f / "rs.dcm", {"GTV": [(2, 2), (6, 6)]}))[1],
+     "rs.dcm: a DICOM RTSTRUCT (RT structure set), not an image"),
 ]
 
 
@@ -262,8 +318,55 @@ def test_evaluate_refuses(case, tmp_path, capsys):
     _assert_refused(code, capsys, message, out)
 
 
+def _rtstruct(path: Path, rois: dict[str, tuple], ct: Path | None = None, series_uid: str | None = None) -> Path:
+    """An RTSTRUCT with one square per ROI (voxel corners (i0, j0), (i1, j1) on slice 3 of ``_dicom``'s grid),
+    referencing the series in ``ct`` (or ``series_uid``)."""
+    import pydicom
+    from test_io_rtstruct import rect, write_rtstruct
+
+    from monai_pipeline.io.images import ImageProperties
+
+    props = ImageProperties(shape=(16, 14, 8), spacing=(1.0, 1.0, 2.5), origin=(-8.0, -7.0, -10.0),
+                            direction=((1, 0, 0), (0, 1, 0), (0, 0, 1)))
+    ref = pydicom.dcmread(sorted(ct.glob("*.dcm"))[0], stop_before_pixels=True) if ct else None
+    return write_rtstruct(path, {name: [rect(a[0] - 0.5, b[0] + 0.5, a[1] - 0.5, b[1] + 0.5)] for name, (a, b)
+                                 in rois.items()}, props,
+                          for_uid=str(ref.FrameOfReferenceUID) if ref else "1.2.3",
+                          series_uid=series_uid or (str(ref.SeriesInstanceUID) if ref else "1.2.3.4"))
+
+
+def _tree(folder: Path, rois: dict | None = None, other_series: bool = False) -> Path:
+    tree = folder / "tree"
+    _dicom(tree / "patient1", "ct")
+    _rtstruct(tree / "patient1" / "rs.dcm", rois or {"GTV-1": ((3, 3), (7, 7))}, tree / "patient1" / "ct",
+              series_uid="1.2.826.0.1.3680043.8.498.777" if other_series else None)
+    return tree
+
+
+IMPORT = [
+    ("no RTSTRUCT", lambda f: (_dicom(f / "tree"), f / "tree")[1], "no RTSTRUCT found"),
+    ("ROI name matching nothing", lambda f: _tree(f, {"Heart": ((3, 3), (7, 7))}),
+     "rs.dcm: no ROI name matches 'GTV.*'"),
+    ("RTSTRUCT of another series", lambda f: _tree(f, other_series=True),
+     "rs.dcm: references series 1.2.826.0.1.3680043.8.498.777, which is not in"),
+    ("contour outside the image", lambda f: _tree(f, {"GTV-1": ((10, 10), (40, 12))}),
+     "rs.dcm: contour outside the image: ROI 'GTV-1'"),
+    ("bad --label", lambda f: _tree(f), "--label 'tumour': expected NAME=REGEX"),
+]
+
+
+@pytest.mark.parametrize("case", IMPORT, ids=[c[0] for c in IMPORT])
+def test_import_dicom_refuses(case, tmp_path, capsys):
+    name, make, message = case
+    tree = make(tmp_path)
+    out = tmp_path / "out" / "dataset"
+    label = ["--label", "tumour"] if name == "bad --label" else ["--label", "tumour=GTV.*"]
+    code = cli.main(["import-dicom", "--input", str(tree), "--out", str(out), *label])
+    _assert_refused(code, capsys, message, tmp_path / "out")
+
+
 def test_catalogue_size():
-    n = len(LUNG_TRAIN) + len(INFER) + len(BRAIN_TRAIN) + 2 + len(EVAL)
+    n = len(LUNG_TRAIN) + len(INFER) + len(BRAIN_TRAIN) + 2 + len(EVAL) + len(IMPORT)
     assert n >= 40, n
 
 

@@ -199,13 +199,13 @@ def test_two_rois_merged_by_one_pattern(tmp_path):
     assert int(lab.sum()) == 6 + 9
 
 
-def test_later_label_wins_where_labels_overlap(tmp_path):
-    """A covers i, j 2..4, B covers 4..6: they share voxel (4, 4); the later label takes it."""
+def test_earlier_label_wins_where_labels_overlap(tmp_path):
+    """A covers i, j 2..4, B covers 4..6: they share voxel (4, 4); the earlier label keeps it."""
     path = write_rtstruct(tmp_path / "rs.dcm", {"A": [rect(1.5, 4.5, 1.5, 4.5)], "B": [rect(3.5, 6.5, 3.5, 6.5)]})
     lab, _ = label_map(path, AXIAL, [("a", "A"), ("b", "B")])
-    assert (int((lab == 1).sum()), int((lab == 2).sum()), int(lab[4, 4, K])) == (8, 9, 2)
+    assert (int((lab == 1).sum()), int((lab == 2).sum()), int(lab[4, 4, K])) == (9, 8, 1)
     lab, _ = label_map(path, AXIAL, [("b", "B"), ("a", "A")])
-    assert (int((lab == 1).sum()), int((lab == 2).sum()), int(lab[4, 4, K])) == (8, 9, 2)
+    assert (int((lab == 1).sum()), int((lab == 2).sum()), int(lab[4, 4, K])) == (9, 8, 1)
     assert lab[2, 2, K] == 2 and lab[6, 6, K] == 1
 
 

@@ -1,7 +1,7 @@
 """The Python API: the functions behind the CLI and the demo, callable from any interpreter (3D Slicer's
 Python console included), as often as wanted in one process.
 
-    from monai_pipeline import segment, train, evaluate
+    from monai_pipeline import segment, train, evaluate, import_dicom
 
     result = segment("scans/", "runs/lung/models", "masks/")     # -> SegmentationResult
     result.masks                                                  # mask paths, input order
@@ -9,7 +9,8 @@ Python console included), as often as wanted in one process.
 
 Each call runs the bundle's own config (``configs/inference.json``, ``train.json``, ``evaluate.json``) through
 MONAI's bundle machinery, exactly as ``python -m monai.bundle run`` would; results come back as return values,
-never through globals.
+never through globals. ``import_dicom`` (CT series + RTSTRUCT -> MSD dataset) is
+:func:`monai_pipeline.data.dicom_import.import_dicom`.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from monai_pipeline.app.bundles import bundle_dir, resolve, run_bundle
+from monai_pipeline.data.dicom_import import import_dicom
 from monai_pipeline.engine.inference import fatal_os_error
 from monai_pipeline.evaluation.run import evaluate_folders
 
-__all__ = ["segment", "train", "evaluate", "SegmentationResult"]
+__all__ = ["segment", "train", "evaluate", "import_dicom", "SegmentationResult"]
 
 
 @dataclass

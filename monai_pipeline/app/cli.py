@@ -9,6 +9,10 @@
     monai-pipeline check DATASET                 every problem of a dataset, as a table (integrity check)
     monai-pipeline report RUN_DIR                HTML report of an evaluated run: tables, plots, overlays, 3D render
     monai-pipeline export-slicer --image IMG --mask MASK --out DIR   Slicer folder: seg.nrrd, meshes, loader script
+    monai-pipeline import-dicom --input TREE --out DIR --label tumour='GTV.*'   CT + RTSTRUCT -> MSD dataset
+
+Images may be NIfTI, NRRD, MHA or a DICOM series (its folder, FOLDER#SERIES_UID, or one of its files); a DICOM
+source also gets its mask as a DICOM SEG object. DICOM case IDs are pseudonyms (dcm-<hash of the series UID>).
 
 Every bundle option is reachable with ``--set key=value`` (values parsed as JSON when they parse), and
 extra config files (``configs/*.json`` overlays) with ``--config FILE``.
@@ -247,6 +251,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------- parser
+def cmd_import_dicom(args: argparse.Namespace) -> int:
+    from monai_pipeline.app.api import import_dicom
+
+    path = import_dicom(args.input, args.out, args.label, name=args.name, id_map=args.id_map)
+    meta = json.loads(Path(path).read_text())
+    print(f"dataset: {path} ({meta['numTraining']} case(s); labels {meta['labels']})")
+    if args.id_map:
+        print(f"identity map: {args.id_map}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="monai-pipeline", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -344,6 +359,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case-id", help="case folder and file name stem (default: the image file name without extension)")
     p.add_argument("--postfix", default="seg", help="postfix of mask names in a mask folder (default: seg)")
     p.set_defaults(func=cmd_export_slicer)
+
+    p = sub.add_parser("import-dicom", help="DICOM tree (CT series + RTSTRUCT per patient) -> MSD dataset "
+                                            "(imagesTr/labelsTr NIfTI, dataset.json)")
+    p.add_argument("--input", required=True, help="folder holding the CT series and their RTSTRUCTs (any depth)")
+    p.add_argument("--out", required=True, help="dataset folder to write (replaced whole when complete)")
+    p.add_argument("--label", action="append", default=[], metavar="NAME=REGEX", required=True,
+                   help="label NAME takes every ROI whose name REGEX matches in full, case-insensitive (repeatable, "
+                        "numbered 1.. in order; an earlier label wins where they overlap: list the tumour first), e.g. --label tumour='GTV.*' "
+                        "--label lung='Lung [LR]'")
+    p.add_argument("--name", default="imported", help="dataset name in dataset.json")
+    p.add_argument("--id-map", metavar="CSV", help="also write pseudonym -> PatientID/PatientName/StudyDate/UIDs to "
+                                                   "this file (outside --out); not written unless asked")
+    p.set_defaults(func=cmd_import_dicom)
 
     p = sub.add_parser("report", help="HTML report of an evaluated run (metrics, lesions, plots, overlays, 3D render)")
     p.add_argument("run_dir", help="folder written by evaluate --out (TensorBoard logs under it are read too)")

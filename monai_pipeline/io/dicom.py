@@ -41,7 +41,7 @@ import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
 from monai_pipeline.errors import DataError
-from monai_pipeline.io.images import ImageProperties
+from monai_pipeline.io.images import GEOMETRY_TOL_MM, ImageProperties
 
 __all__ = ["DicomSlice", "DicomSeries", "DicomScan", "SERIES_SEPARATOR", "split_series_path", "is_dicom_file",
            "is_dicom_path", "scan_folder", "choose_series", "series_geometry", "read_series",
@@ -149,7 +149,17 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    """Every non-hidden file under ``folder``, symbolic links to folders followed (each real folder once)."""
+    out, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        out.extend(Path(root) / f for f in files if not f.startswith("."))
+    return sorted(out)
 
 
 def is_dicom_path(path: str | os.PathLike) -> bool:
@@ -221,7 +231,8 @@ def scan_folder(folder: str | os.PathLike) -> DicomScan:
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"{root}: DICOM folder not found")
-    return _scan_cached(root.resolve(), _signature(root))
+    root = root.resolve()
+    return _scan_cached(root, _signature(root))
 
 
 @lru_cache(maxsize=32)
@@ -333,7 +344,7 @@ def series_geometry(series: DicomSeries) -> tuple[ImageProperties, list[Path]]:
         if (s.rows, s.columns) != (ref.rows, ref.columns):
             raise DataError(f"{where}: mixed slice sizes ({s.path.name} is {s.columns}x{s.rows}, "
                             f"{ref.path.name} {ref.columns}x{ref.rows})")
-        if not np.allclose(s.pixel_spacing, ref.pixel_spacing, atol=1e-4):
+        if not np.allclose(s.pixel_spacing, ref.pixel_spacing, atol=GEOMETRY_TOL_MM):
             raise DataError(f"{where}: mixed pixel spacings ({s.path.name} {s.pixel_spacing}, "
                             f"{ref.path.name} {ref.pixel_spacing} mm)")
     frames = sorted({s.frame_of_reference for s in slices})

@@ -402,7 +402,8 @@ def label_map(rtstruct_path: str | os.PathLike | RTStruct, props: ImagePropertie
         props: the image's grid (the CT the structures were drawn on).
         labels: ``[(label name, ROI-name regex), ...]``; label values are 1..n in this order. Every ROI whose whole
             name the regex matches (case-insensitive) is merged into the label: the union of each ROI's even-odd
-            fill. **Where labels overlap, the later label wins** (it is painted over the earlier ones).
+            fill. **Where labels overlap, the earlier label wins** (list the tumour before the organ it lies in:
+            radiotherapy lung contours often overlap the GTV).
         frame_of_reference: the image's FrameOfReferenceUID; when given, the RTSTRUCT (and every ROI used) must
             refer to it.
         series_uid: the image's SeriesInstanceUID; when given and the RTSTRUCT names the series it was drawn on,
@@ -454,6 +455,6 @@ def label_map(rtstruct_path: str | os.PathLike | RTStruct, props: ImagePropertie
                                path, roi.name, name)
                 continue
             union |= rasterise(polygons, props, source=path, roi=roi.name)
-        out[union] = value
+        out[union & (out == 0)] = value
         logger.debug("%s: label %d %r <- ROIs %s: %d voxels", path, value, name, matched[name], int(union.sum()))
     return out, matched
