@@ -142,3 +142,23 @@ def test_pair_folders_both_ways(tmp_path):
         pair_folders(tmp_path / "masks", {"image": tmp_path / "images"}, unmasked="skip")
     with pytest.raises(DataError, match="no partner for case.*d"):  # evaluation: every case both ways
         pair_folders(tmp_path / "masks", {"label": tmp_path / "labels"})
+
+
+def test_orthonormal_snaps_storage_noise_but_keeps_a_shear():
+    """NIfTI keeps its matrix in float32: the snapped direction is orthonormal again, a real shear stays."""
+    from scipy.spatial.transform import Rotation
+
+    from monai_pipeline.io.images import ImageProperties
+
+    rot = Rotation.from_euler("xyz", [9, -4, 21], degrees=True).as_matrix()
+    exact = ImageProperties(shape=(40, 30, 20), spacing=(0.9, 0.8, 2.5), origin=(-101.3, 55.1, -240.7),
+                            direction=tuple(map(tuple, rot)))
+    noisy = ImageProperties.from_affine(exact.affine.astype(np.float32).astype(float), exact.shape)
+    d = np.asarray(noisy.direction)
+    assert np.abs(d.T @ d - np.eye(3)).max() > 1e-9  # float32 storage leaves it off orthonormal
+    snapped = np.asarray(noisy.orthonormal().direction)
+    assert np.abs(snapped.T @ snapped - np.eye(3)).max() < 1e-12
+    assert np.abs(snapped - rot).max() < 1e-6 and noisy.orthonormal().same_grid(exact)
+    shear = ImageProperties(shape=(4, 4, 4), spacing=(1, 1, 1), origin=(0, 0, 0),
+                            direction=((1, 0.01, 0), (0, 1, 0), (0, 0, 1)))
+    assert shear.orthonormal() is shear

@@ -27,8 +27,9 @@ __all__ = ["VolumeReader", "volume_meta"]
 
 def volume_meta(props: ImageProperties) -> dict[str, Any]:
     """MONAI metadata of a volume read on the grid ``props``: ``affine`` and ``original_affine`` (voxel to RAS,
-    mm), ``spatial_shape``, ``spacing``, ``space`` and ``original_channel_dim``."""
-    affine = props.affine
+    mm; the direction freed of storage noise by :meth:`ImageProperties.orthonormal`, so the network grid is the
+    same from every format), ``spatial_shape``, ``spacing``, ``space`` and ``original_channel_dim``."""
+    affine = props.orthonormal().affine
     return {"affine": affine.copy(), "original_affine": affine.copy(), "spatial_shape": np.asarray(props.shape[:3]),
             "spacing": np.asarray(props.spacing[:3]), "space": "RAS",
             "original_channel_dim": float("nan")}
