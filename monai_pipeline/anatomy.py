@@ -99,7 +99,8 @@ def _lung_mask_at(ct: np.ndarray, affine: np.ndarray, air_hu: float, body_hu: fl
     big = idx[sizes >= min_ml]
     if big.size == 0:
         return out
-    medians = np.asarray(ndimage.median(ct, lab, big))
+    boxes = ndimage.find_objects(lab)
+    medians = [float(np.median(ct[boxes[i - 1]][lab[boxes[i - 1]] == i])) for i in big]  # within each box: fast
     cands = sorted(((sizes[i - 1], i) for i, m in zip(big, medians) if -950.0 < m < -600.0), reverse=True)
     if not cands:
         return out
@@ -135,8 +136,15 @@ def _close_lung(comp: np.ndarray, aff: np.ndarray, ax: int, radius_mm: float) ->
         if not s.any():
             out.append(s)
             continue
-        closed = ndimage.binary_closing(np.pad(s, pad), structure=disc)[pad:-pad, pad:-pad]
-        out.append(ndimage.binary_fill_holes(closed | s))
+        padded = np.pad(s, pad)
+        # the closing only reaches pad beyond the slice's lung and the erosion reads pad further: on the window
+        # of the lung's box widened by 2 * pad the result is the whole slice's, at a fraction of the cost
+        rows, cols = np.flatnonzero(padded.any(axis=1)), np.flatnonzero(padded.any(axis=0))
+        win = (slice(max(rows[0] - 2 * pad, 0), rows[-1] + 2 * pad + 1),
+               slice(max(cols[0] - 2 * pad, 0), cols[-1] + 2 * pad + 1))
+        closed = np.zeros_like(padded)
+        closed[win] = ndimage.binary_fill_holes(ndimage.binary_closing(padded[win], structure=disc) | padded[win])
+        out.append(closed[pad:-pad, pad:-pad])
     return np.moveaxis(np.stack(out), 0, ax)
 
 

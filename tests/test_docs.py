@@ -29,7 +29,7 @@ def test_docs_list_the_expected_commands():
     assert any(c.startswith("monai-pipeline synth") for c in cmds)
     for needle in ("configs/train.json", "configs/evaluate.json", "configs/inference.json", "multi_gpu_train.json",
                    "verify_metadata", "verify_net_in_out", "ckpt_export", "--resume True", "--tracking mlflow",
-                   "network_segresnet.json"):
+                   "network_segresnet.json", "imagesTs_dicom/"):
         assert any(needle in c for c in cmds), needle
 
 
@@ -55,6 +55,8 @@ def test_docs_commands_run_as_printed(tmp_path):
     assert (cwd / "models" / "model.pt").is_file() and (cwd / "models" / "model.ts").is_file()
     assert (cwd / "eval" / "val_mean_dice_raw.csv").is_file()
     assert (cwd / "eval" / "lung_100_seg.nrrd").is_file() and (cwd / "eval" / "lung_101_seg.nii.gz").is_file()
+    dicom = sorted(p.name for p in (cwd / "eval").glob("dcm-*"))  # the DICOM copy of lung_101: mask and DICOM SEG
+    assert len(dicom) == 2 and dicom[0].endswith("_seg.dcm") and dicom[1].endswith("_seg.nii.gz"), dicom
     assert (cwd / "eval" / "mlruns.db").is_file()
 
 
@@ -77,3 +79,26 @@ def test_brain_docs_commands_run_as_printed(tmp_path):
     assert (cwd / "eval" / "one_slice" / "BRAINPH_000_5_mask.png").is_file()
     assert sorted(p.name for p in (cwd / "eval_volumes").glob("*_mask.nii.gz")) == [
         "brainph_100_flair_mask.nii.gz", "brainph_101_flair_mask.nii.gz"]
+
+
+def test_readme_dicom_commands_run_as_printed(trained, tmp_path):
+    """The README's DICOM block, in order, on the real NSCLC-Radiomics case (a phantom-trained model stands in for
+    runs/lung/models; tiny sizes appended to ``infer``)."""
+    from conftest import SHARED_DATA, shared
+
+    shared("nsclc_radiomics", "LUNG1-001")
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"## DICOM: scans as hospitals store them.*?```bash\n(.*?)```", text, flags=re.S).group(1)
+    cmds = [ln.strip() for ln in block.splitlines() if ln.strip()]
+    assert [c.split()[1] for c in cmds] == ["infer", "import-dicom", "export-slicer"]
+    (tmp_path / "runs" / "lung").mkdir(parents=True)
+    (tmp_path / "runs" / "lung" / "models").symlink_to(trained / "models")
+    sets = [a for i in range(0, len(TINY), 2) for a in ("--set", f"{TINY[i].lstrip('-')}={TINY[i + 1]}")]
+    for cmd in cmds:
+        words = shlex.split(cmd.replace("../shared/data", str(SHARED_DATA)))
+        words[0] = str(VENV_BIN / "monai-pipeline")
+        run_cmd(words + (sets if words[1] == "infer" else []), cwd=tmp_path, timeout=900)
+    case = "dcm-4714bef00d5b"
+    assert {p.name for p in (tmp_path / "runs" / "lung" / "nsclc").iterdir()} == {f"{case}_seg.nii.gz", f"{case}_seg.dcm"}
+    assert (tmp_path / "data" / "nsclc" / "labelsTr" / f"{case}.nii.gz").is_file()
+    assert (tmp_path / "runs" / "lung" / "slicer_nsclc" / case / f"{case}.seg.nrrd").is_file()

@@ -322,3 +322,25 @@ def nib_load(path):
 
     img = nib.load(str(path))
     return np.asanyarray(img.dataobj), img.affine
+
+
+def test_nearest_lung_on_a_box_equals_the_whole_volume_transform():
+    """Tumour outside both lung masks goes to the nearest lung; the boxed transform (grown until exact) gives the
+    whole-volume answer, including a far-away voxel that forces the box to grow."""
+    from scipy import ndimage
+
+    from monai_pipeline.evaluation.lesions import _nearest_lung
+
+    lungs = np.zeros((120, 100, 60), np.uint8)
+    lungs[10:50, 20:80, 5:55], lungs[70:110, 20:80, 5:55] = 1, 2
+    tumour = np.zeros(lungs.shape, bool)
+    tumour[45:75, 40:60, 20:30] = True  # between the lungs, nearer one or the other by position
+    tumour[0:3, 0:3, 0:3] = True  # far from both
+    outside = tumour & (lungs == 0)
+    spacing = np.array([0.8, 0.9, 2.5])
+    whole = lungs[tuple(ndimage.distance_transform_edt(lungs == 0, sampling=spacing, return_distances=False,
+                                                       return_indices=True))]
+    for margin in (2.0, 30.0, 500.0):
+        boxed = _nearest_lung(outside, lungs, spacing, margin_mm=margin)
+        assert np.array_equal(boxed[outside], whole[outside]) and np.array_equal(boxed[lungs > 0], lungs[lungs > 0])
+    assert set(np.unique(whole[outside])) == {1, 2}

@@ -229,3 +229,14 @@ def test_a_dicom_object_that_is_not_an_image(tmp_path):
     only.mkdir()
     shutil.copy(rt, only / "rs.dcm")
     _refused(only, "no DICOM image series", "RTSTRUCT")
+
+
+def test_a_left_handed_grid_is_stored_with_its_slices_reversed(tmp_path):
+    flipped = ImageProperties(shape=GRID.shape, spacing=GRID.spacing, origin=GRID.origin,
+                              direction=tuple(map(tuple, np.asarray(GRID.direction) @ np.diag([1, 1, -1]))))
+    arr = _volume(flipped)
+    dicom.write_series(arr, flipped, tmp_path / "s")
+    got, props = read_image(tmp_path / "s")
+    assert np.array_equal(got, arr[:, :, ::-1])
+    last = flipped.lps_affine @ [0, 0, GRID.shape[2] - 1, 1]
+    assert np.allclose(props.lps_affine @ [0, 0, 0, 1], last, atol=1e-4)  # the same voxels in space

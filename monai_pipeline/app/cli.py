@@ -67,7 +67,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         print(f"dataset: {path}")
         return 0
     spec = PhantomSpec(tuple(args.shape), tuple(args.spacing))
-    path = write_msd_dataset(args.out, args.num_train, args.num_test, args.seed, spec, progress=True)
+    path = write_msd_dataset(args.out, args.num_train, args.num_test, args.seed, spec, progress=True, dicom=args.dicom)
     print(f"dataset: {path}")
     return 0
 
@@ -288,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", type=int, nargs=3, default=[160, 160, 64], metavar=("I", "J", "K"))
     p.add_argument("--spacing", type=float, nargs=3, default=[2.0, 2.0, 2.5], metavar=("SI", "SJ", "SK"),
                    help="voxel size in mm (jittered +-10%% per case)")
+    p.add_argument("--dicom", action="store_true", help="lung: also write each test phantom as a DICOM CT series "
+                                                        "(imagesTs_dicom/<case>/)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("train", help="train a bundle on an MSD-layout dataset")

@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from monai_pipeline.errors import DataError
-from monai_pipeline.io.dicom import dicom_source, read_series, read_series_properties
+from monai_pipeline.io.dicom import dicom_source, is_dicom_path, read_series, read_series_properties
 from monai_pipeline.io.images import ImageProperties, gzip_trailer_size, is_nifti, nifti_data_bytes
 from monai_pipeline.io.naming import IMAGE_SUFFIXES, case_id
 from monai_pipeline.io.slices import slice_parts
@@ -421,8 +421,8 @@ def read_presence_threshold(path: str | os.PathLike) -> float:
 
 def check_export_inputs(image: str | os.PathLike, mask: str | os.PathLike, case_id: str | None) -> bool:
     """Whether ``export-slicer`` got two folders (True) or two files (False); one of each, or ``--case-id``
-    with folders, is refused."""
-    folders = Path(image).is_dir(), Path(mask).is_dir()
+    with folders, is refused. A DICOM series' folder is one image."""
+    folders = Path(image).is_dir() and not is_dicom_path(image), Path(mask).is_dir()
     if any(folders) and not all(folders):
         raise DataError(f"--image {image} and --mask {mask}: give two files or two folders")
     if all(folders) and case_id:

@@ -242,6 +242,36 @@ def presence_summary(scores: Sequence[float], present: Sequence[bool], threshold
 
 # ----------------------------------------------------------------------------- lungs and tumour burden
 
+def _nearest_lung(outside: np.ndarray, lungs: np.ndarray, spacing: np.ndarray, margin_mm: float = 30.0) -> np.ndarray:
+    """``lungs`` with every voxel of ``outside`` given the label of its nearest lung voxel (Euclidean, in mm).
+
+    The distance transform runs on the box around ``outside`` widened by ``margin_mm`` (a whole 512 x 512 CT
+    costs seconds and gigabytes), and the box grows until the farthest nearest-lung distance found fits inside
+    the margin: no lung voxel outside the box can then be nearer, so the result is the full-volume one.
+    """
+    owner = lungs.copy()
+    idx = np.argwhere(outside)
+    lo_t, hi_t = idx.min(axis=0), idx.max(axis=0) + 1
+    margin = float(margin_mm)
+    while True:
+        pad = np.ceil(margin / spacing).astype(int)
+        lo, hi = np.maximum(lo_t - pad, 0), np.minimum(hi_t + pad, lungs.shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        sub = lungs[box]
+        whole = all(a == 0 for a in lo) and all(b == n for b, n in zip(hi, lungs.shape))
+        if sub.any():
+            dist, nearest = ndimage.distance_transform_edt(sub == 0, sampling=spacing, return_indices=True)
+            reach = float(dist[outside[box]].max())
+            if reach <= margin or whole:
+                owner[box] = sub[tuple(nearest)]
+                return owner
+            margin = reach + float(spacing.max())
+        elif whole:
+            return owner
+        else:
+            margin *= 2
+
+
 def tumour_burden(tumour: np.ndarray, lungs: np.ndarray, affine: np.ndarray) -> dict:
     """Tumour volume, lesion count and the share of each lung that tumour occupies.
 
@@ -265,9 +295,7 @@ def tumour_burden(tumour: np.ndarray, lungs: np.ndarray, affine: np.ndarray) -> 
     voxel_ml = float(np.prod(spacing)) / 1000.0
     owner = lungs.copy()
     if lungs.any() and (t & (lungs == 0)).any():
-        nearest = ndimage.distance_transform_edt(lungs == 0, sampling=spacing, return_distances=False,
-                                                 return_indices=True)
-        owner = lungs[tuple(nearest)]
+        owner = _nearest_lung(t & (lungs == 0), lungs, spacing)
     out: dict = {"tumour_ml": float(t.sum()) * voxel_ml,
                  "n_lesions": int(ndimage.label(t, structure=np.ones((3, 3, 3), bool))[1])}
     for label, side in ((1, "right"), (2, "left")):

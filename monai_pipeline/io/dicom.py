@@ -459,6 +459,15 @@ def identity_rows(paths: Iterable[str | os.PathLike]) -> list[dict[str, str]]:
     return rows
 
 
+def _ds(value: float) -> str:
+    """A decimal string (DS: at most 16 characters) as precise as it allows."""
+    for digits in range(14, 5, -1):
+        text = f"{value:.{digits}g}"
+        if len(text) <= 16:
+            return text
+    return f"{value:.6g}"
+
+
 def write_series(array: np.ndarray, props: ImageProperties, folder: str | os.PathLike, *, modality: str = "CT",
                  patient_id: str = "anonymous", study_uid: str | None = None, series_uid: str | None = None,
                  frame_of_reference: str | None = None, description: str = "monai-pipeline") -> list[Path]:
@@ -466,8 +475,9 @@ def write_series(array: np.ndarray, props: ImageProperties, folder: str | os.Pat
 
     Args:
         array: int16-representable values in voxel order (i, j, k) (HU for CT; stored with slope 1, intercept 0).
-        props: the grid. Its third direction column must be the slice normal (row x column cosines, a
-            right-handed grid); slice ``k`` lies at ``origin + k * spacing[2] * normal``.
+        props: the grid. Its third direction column must lie along the slice normal (row x column cosines); a
+            left-handed grid is stored with its slices in reverse order (the same voxels in space, read back as
+            a right-handed grid).
         folder: created if needed; existing ``slice_*.dcm`` files are replaced.
         patient_id: written as PatientID and PatientName (nothing else identifies a patient).
         study_uid, series_uid, frame_of_reference: new UIDs when not given.
@@ -481,9 +491,15 @@ def write_series(array: np.ndarray, props: ImageProperties, folder: str | os.Pat
     arr = np.asarray(array)
     if arr.shape != tuple(props.shape[:3]) or arr.ndim != 3:
         raise ValueError(f"array shape {arr.shape} is not the grid's {props.shape}")
-    direction = np.asarray(props.direction, dtype=float)
-    if not np.allclose(np.cross(direction[:, 0], direction[:, 1]), direction[:, 2], atol=1e-6):
-        raise ValueError("the grid's third axis is not the slice normal (row x column): DICOM cannot store it")
+    direction = np.asarray(props.direction, dtype=float)[:3, :3].copy()
+    normal = np.cross(direction[:, 0], direction[:, 1])
+    origin = np.asarray(props.origin[:3], dtype=float)
+    if np.allclose(normal, -direction[:, 2], atol=1e-6):  # a left-handed grid: slices stored in reverse order
+        arr = arr[:, :, ::-1]
+        origin = origin + (arr.shape[2] - 1) * props.spacing[2] * direction[:, 2]
+        direction[:, 2] = normal
+    elif not np.allclose(normal, direction[:, 2], atol=1e-6):
+        raise ValueError("the grid's third axis is not along the slice normal (row x column): DICOM cannot store it")
     values = np.round(arr).astype(np.int32) if np.issubdtype(arr.dtype, np.floating) else arr.astype(np.int32)
     if values.min(initial=0) < -32768 or values.max(initial=0) > 32767:
         raise ValueError("values outside int16: DICOM CT slices are written as int16")
@@ -507,11 +523,11 @@ def write_series(array: np.ndarray, props: ImageProperties, folder: str | os.Pat
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_of_reference
         ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = description, 1, k + 1
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        position = np.asarray(props.origin[:3], dtype=float) + k * props.spacing[2] * direction[:, 2]
-        ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
-        ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*direction[:, 0], *direction[:, 1])]
-        ds.PixelSpacing = [f"{props.spacing[1]:.6f}", f"{props.spacing[0]:.6f}"]
-        ds.SliceThickness = f"{props.spacing[2]:.6f}"
+        position = origin + k * props.spacing[2] * direction[:, 2]
+        ds.ImagePositionPatient = [_ds(v) for v in position]
+        ds.ImageOrientationPatient = [_ds(v) for v in (*direction[:, 0], *direction[:, 1])]
+        ds.PixelSpacing = [_ds(props.spacing[1]), _ds(props.spacing[0])]
+        ds.SliceThickness = _ds(props.spacing[2])
         ds.Rows, ds.Columns = int(arr.shape[1]), int(arr.shape[0])
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
