@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Mapping
 
@@ -45,6 +46,16 @@ def _with_type2(ds):
         if name not in ds:
             setattr(ds, name, "")
     return ds
+
+
+def _segmentation(hd, sources, frames, descriptions, algo, empty):
+    return hd.seg.Segmentation(
+        source_images=sources, pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=900,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="monai-pipeline",
+        manufacturer_model_name=algo.get("name", "monai-pipeline"), software_versions=algo.get("version", "unknown"),
+        device_serial_number="0", series_description=f"{algo.get('name', 'monai-pipeline')} segmentation",
+        omit_empty_frames=not empty)
 
 
 def write_dicom_seg(labels: np.ndarray, source: str | os.PathLike, dest: str | os.PathLike,
@@ -96,13 +107,10 @@ def write_dicom_seg(labels: np.ndarray, source: str | os.PathLike, dest: str | o
     # frames: (k, rows = j, columns = i), one per source slice in slice order; segments stacked last
     frames = np.stack([(arr == v).transpose(2, 1, 0) for v in values], axis=-1).astype(np.uint8)
     empty = not frames.any()
-    seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=900,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="monai-pipeline",
-        manufacturer_model_name=algo.get("name", "monai-pipeline"), software_versions=algo.get("version", "unknown"),
-        device_serial_number="0", series_description=f"{algo.get('name', 'monai-pipeline')} segmentation",
-        omit_empty_frames=not empty)
+    with warnings.catch_warnings():
+        # highdicom warns about the source's PatientName form, quoting the name: no identity in our logs
+        warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
+        seg = _segmentation(hd, sources, frames, descriptions, algo, empty)
     dest = Path(dest)
     with atomic_path(dest) as tmp:
         seg.save_as(tmp)
