@@ -180,8 +180,8 @@ def test_ckpt_export_torchscript_matches_checkpoint(trained):
                    "--meta_file", "configs/metadata.json", "--config_file", CFG_INFER), cwd=trained)
     from monai.networks.nets import UNet
 
-    network_def = json.loads((trained / "configs" / "inference.json").read_text())["network_def"]
-    kwargs = {k: v for k, v in network_def.items() if k != "_target_"}
+    network_def = json.loads((trained / "configs" / "inference.json").read_text())["network_def"]["default"]
+    kwargs = {k: v for k, v in network_def.items() if k not in ("_target_", "_mode_")}
     kwargs["out_channels"] = 2
     net = UNet(**kwargs)
     net.load_state_dict(torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True))

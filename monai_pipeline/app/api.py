@@ -54,6 +54,10 @@ def segment(images: str | os.PathLike | Iterable[str | os.PathLike], model_dir: 
             overlays: Sequence[str | os.PathLike] = (), distributed: bool = False, **overrides: Any) -> SegmentationResult:
     """Segment ``images`` with ``<model_dir>/model.pt`` through the bundle's ``inference.json``.
 
+    The model's settings (spacing, window, channels, network, patch size...) come from its contract,
+    ``<model_dir>/model.contract.json``, unless overridden; an override that contradicts a binding entry raises
+    :class:`~monai_pipeline.errors.DataError` unless ``contract_override=True``.
+
     Args:
         images: image files, a folder of images, or a ``.txt`` file listing paths; for the brain bundle
             also 2D slice images (TIFF/PNG/JPEG). A list inside the list is one case of several modalities.
@@ -68,7 +72,8 @@ def segment(images: str | os.PathLike | Iterable[str | os.PathLike], model_dir: 
             ``failures_file``, ``patch_size``, ``device``...
 
     Raises:
-        DataError: no input is usable (and none is done), or a bad input when ``skip_bad_inputs`` is False.
+        DataError: no input is usable (and none is done), or a bad input when ``skip_bad_inputs`` is False, or an
+            override contradicts the model's contract.
         FileNotFoundError: no ``model.pt`` (reported after any input error).
         OSError: the disk is full or read-only (the run stops; masks written so far are complete).
     """

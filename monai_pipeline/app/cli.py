@@ -314,7 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", help="segment images; masks keep each source image's geometry")
     _common(p)
     p.add_argument("--images", nargs="+", required=True, help="image files, a folder, or a .txt list of paths")
-    p.add_argument("--ckpt-dir", required=True, help="folder holding model.pt")
+    p.add_argument("--ckpt-dir", required=True, help="folder holding model.pt; the settings its model.contract.json "
+                                                     "records are used (a contradicting --set is refused unless "
+                                                     "--set contract_override=true)")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--ext", default=".nii.gz", choices=[".nii.gz", ".nii", ".nrrd", ".mha"],
                    help="format of volume masks (2D slices always give PNG)")

@@ -17,6 +17,7 @@ from monai_pipeline.app.api import segment, train
 from monai_pipeline.app.bundles import device_override, run_bundle
 from monai_pipeline.app.synthetic import PhantomSpec, write_msd_dataset
 from monai_pipeline.data.datasets import msd_datalist
+from monai_pipeline.engine.contract import contract_path, read_contract
 from monai_pipeline.evaluation.run import read_metric_details, score_pairs
 from monai_pipeline.io.atomic import atomic_write_text
 from monai_pipeline.io.naming import mask_path
@@ -40,6 +41,12 @@ DEMO_SETTINGS = {
 
 def _banner(text: str) -> None:
     print(f"\n=== {text} ===", flush=True)
+
+
+def _run_overrides(overrides: dict, ckpt_dir: Path) -> dict:
+    """``overrides`` less the settings the trained model's contract records (the model brings its own)."""
+    contract = read_contract(ckpt_dir)
+    return {k: v for k, v in overrides.items() if contract is None or k not in contract.settings}
 
 
 def run_demo(out: str | Path = "demo_output", epochs: int = 40, num_train: int = 12, num_test: int = 4,
@@ -67,6 +74,10 @@ def run_demo(out: str | Path = "demo_output", epochs: int = 40, num_train: int =
           **{k: v for k, v in overrides.items() if k != "dataset_dir"})
     timings["train_s"] = time.perf_counter() - t
 
+    # the model carries its spacing, window, network and patch size (models/model.contract.json): evaluation and
+    # inference take them from there, as `monai-pipeline infer --ckpt-dir <out>/models` does later
+    overrides = _run_overrides(overrides, ckpt_dir)
+
     _banner("3/4 evaluating on the validation phantoms (bundle evaluate.json, source geometry)")
     t = time.perf_counter()
     run_bundle("lung", "evaluate", output_dir=str(out / "eval"), **overrides)
@@ -91,6 +102,7 @@ def run_demo(out: str | Path = "demo_output", epochs: int = 40, num_train: int =
         "mean_test_dice": sum(r["dice"] for r in test_rows) / max(len(test_rows), 1),
         "dataset": str(data_dir),
         "model": str(ckpt_dir / "model.pt"),
+        "contract": str(contract_path(ckpt_dir / "model.pt")),
         "masks": str(masks_dir),
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }
@@ -105,7 +117,8 @@ def run_demo(out: str | Path = "demo_output", epochs: int = 40, num_train: int =
     for r in summary["test_dice"]:
         print(f"  {r['case']:24s} Dice {r['dice']:.3f}   {r['mask']}")
     print(f"  mean Dice {summary['mean_test_dice']:.3f}")
-    print(f"model:  {summary['model']}")
+    print(f"model:  {summary['model']}  (its settings: {summary['contract']}; `monai-pipeline infer --ckpt-dir "
+          f"{ckpt_dir}` uses them)")
     print(f"masks:  {masks_dir}  (uint8, same shape/spacing/origin/direction as each CT)")
     print(f"time:   {timings['total_s']:.0f} s  ({', '.join(f'{k} {v:.0f}' for k, v in timings.items() if k != 'total_s')})")
     first = test_images[0]

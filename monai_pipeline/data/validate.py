@@ -32,7 +32,7 @@ __all__ = ["DataError", "image_info", "check_pair", "read_voxels", "check_label_
            "max_voxels", "segment_names", "read_label_map", "check_export_target", "MAX_LABEL", "check_folder",
            "check_same_grid", "check_probabilities", "check_same_size", "slice_mask_pairs", "read_presence_threshold",
            "check_export_inputs", "check_report_folders", "check_something_to_report", "check_unique_case_ids",
-           "check_something_usable"]
+           "check_something_usable", "read_model_contract", "check_contract_weights", "check_contract_conflicts"]
 
 MAX_LABEL = 65535  # largest label value a Slicer export accepts
 _SAFE_CASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
@@ -469,3 +469,45 @@ def check_something_usable(usable: int, rejected: Sequence[str]) -> None:
     if usable or not rejected:
         return
     raise DataError(f"no usable input among {len(rejected)}: " + "; ".join(rejected[:3]))
+
+
+# ------------------------------------------------------------------------------------- model contracts
+def read_model_contract(path: str | os.PathLike, schema: int, required: Sequence[str]) -> dict:
+    """The JSON object of a model contract file (``model.contract.json``), checked: readable JSON, an object with
+    every ``required`` field, a whole-number ``schema`` this version reads (at most ``schema``), and a value in
+    ``settings`` for each ``binding`` key."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{p}: not a readable model contract ({err}); delete it to run the model with the bundle's "
+                        "settings, or retrain to write a new one") from None
+    missing = [k for k in required if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise DataError(f"{p}: not a model contract: no {', '.join(missing)}")
+    if not isinstance(data["schema"], int) or isinstance(data["schema"], bool):
+        raise DataError(f"{p}: schema must be a whole number, found {data['schema']!r}")
+    if data["schema"] > schema:
+        raise DataError(f"{p}: contract schema {data['schema']} is newer than this monai-pipeline reads ({schema}); "
+                        "upgrade monai-pipeline")
+    unset = [k for k in data["binding"] if k not in data["settings"]]
+    if unset:
+        raise DataError(f"{p}: binding keys without a value in settings: {', '.join(unset)}")
+    return data
+
+
+def check_contract_weights(path: str | os.PathLike, weights: str | os.PathLike, recorded: str, actual: str) -> None:
+    """Refuse a contract whose recorded sha256 is not that of the weights file beside it."""
+    if recorded != actual:
+        raise DataError(f"{path}: describes other weights than {weights} (sha256 {recorded[:12]}... recorded, "
+                        f"{actual[:12]}... on disk); put the contract of these weights beside them, or delete it to "
+                        "run them with the bundle's settings")
+
+
+def check_contract_conflicts(path: str | os.PathLike, conflicts: Sequence[str]) -> None:
+    """Refuse settings of a run that contradict the binding entries of the model's contract (``conflicts``:
+    one ``"<key> <this run's value> given, the model's is <value>"`` each), in one line."""
+    if conflicts:
+        raise DataError(f"{path}: {'; '.join(conflicts)}; drop the override to use the model's value, or set "
+                        "contract_override true to run anyway (CLI: --set contract_override=true; "
+                        "monai.bundle run: --contract_override true)")

@@ -11,8 +11,12 @@ from typing import Any, Mapping
 
 import torch
 from ignite.engine import Events
+from ignite.handlers.checkpoint import BaseSaveHandler, DiskSaver
 from monai.handlers import CheckpointLoader
 from monai.handlers import CheckpointSaver as _MonaiCheckpointSaver
+
+from monai_pipeline.engine.contract import contract_path, write_contract
+from monai_pipeline.engine.runtime import dist_rank
 
 __all__ = ["latest_checkpoint", "CheckpointSaver", "remove_partial_files", "resume_handlers", "attach_handlers"]
 
@@ -41,19 +45,47 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
 
 
 class CheckpointSaver(_MonaiCheckpointSaver):
-    """MONAI's ``CheckpointSaver`` (same arguments), writing every file atomically.
+    """MONAI's ``CheckpointSaver`` (same arguments), writing every file atomically, and with ``contract`` the
+    model's contract beside each file.
 
     MONAI builds ignite ``DiskSaver``s with ``atomic=False``, so a run killed while saving leaves a truncated
     ``checkpoint_epoch=N.pt`` or ``model.pt`` that a resume would then load. Here each file is written to
     a temporary file in the same folder and renamed over the old one (ignite's ``atomic=True`` path, which
     also keeps group/others read permission): a kill leaves the old file or the new one, never a part.
+
+    Args:
+        contract: a model contract (:func:`~monai_pipeline.engine.contract.new_contract`): right after each
+            ``<stem>.pt`` is written, ``<stem>.contract.json`` is written atomically beside it with the sha256 of
+            that file; when ignite removes a file, its contract goes with it.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, contract: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         for ckpt in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if ckpt is not None:
                 ckpt.save_handler._atomic = True
+                if contract is not None:
+                    ckpt.save_handler = _WithContract(ckpt.save_handler, contract)
+
+
+class _WithContract(BaseSaveHandler):
+    """An ignite save handler that writes the model's contract beside each file its ``saver`` writes."""
+
+    def __init__(self, saver: DiskSaver, contract: Mapping[str, Any]) -> None:
+        self.saver, self.contract = saver, contract
+
+    def _path(self, filename: str) -> Path:
+        # MONAI's saver may replace ignite's file name with a fixed one (key_metric_filename: model.pt)
+        return Path(self.saver.dirname) / (getattr(self.saver, "filename", None) or filename)
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        self.saver(checkpoint, filename, metadata)
+        if dist_rank()[0] == getattr(self.saver, "save_on_rank", 0):
+            write_contract(self._path(filename), self.contract)
+
+    def remove(self, filename: str) -> None:
+        self.saver.remove(filename)
+        contract_path(self._path(filename)).unlink(missing_ok=True)
 
 
 def remove_partial_files(ckpt_dir: str | os.PathLike) -> list[Path]:
