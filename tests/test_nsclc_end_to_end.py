@@ -70,7 +70,7 @@ def test_lung1_dicom_to_masks_burden_and_slicer(trained, tmp_path):
                                if pydicom.dcmread(p, stop_before_pixels=True).Modality == "CT"), stop_before_pixels=True)
     assert seg.StudyInstanceUID == src.StudyInstanceUID and seg.FrameOfReferenceUID == src.FrameOfReferenceUID
     assert seg.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"
-    assert "lung_ct_tumor_segmentation" in seg.SegmentSequence[0].SegmentAlgorithmName
+    assert seg.SegmentSequence[0].SegmentAlgorithmName == "Lung CT tumour segmentation"
 
     # Slicer folder of the GTV, from the DICOM series (the CT written beside it as NRRD)
     from monai_pipeline.io.images import write_image

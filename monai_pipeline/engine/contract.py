@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -42,6 +41,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from monai_pipeline.data.validate import check_contract_conflicts, check_contract_weights, read_model_contract
+from monai_pipeline.engine.runtime import bundle_metadata, git_revision
 from monai_pipeline.io.atomic import atomic_write_text
 
 __all__ = ["ModelContract", "SCHEMA_VERSION", "contract_path", "read_contract", "contract_value", "contract_network",
@@ -113,17 +113,6 @@ def _as_bool(value: bool | str | int | None) -> bool:
     return bool(value)
 
 
-def _bundle_metadata(bundle_root: str | os.PathLike | None) -> dict:
-    """``<bundle_root>/configs/metadata.json`` as a dict; empty when there is none."""
-    if bundle_root is None:
-        return {}
-    path = Path(bundle_root) / "configs" / "metadata.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
 def _labels(metadata: Mapping[str, Any]) -> list[dict] | None:
     """Label values and names from the metadata's output channels (``channel_def`` of ``pred``), or None."""
     channels = metadata.get("network_data_format", {}).get("outputs", {}).get("pred", {}).get("channel_def")
@@ -140,18 +129,6 @@ def _software() -> dict[str, str]:
 
     return {"python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__,
             "numpy": numpy.__version__, "monai_pipeline": monai_pipeline.__version__}
-
-
-def _git_revision() -> str | None:
-    """The commit of the monai-pipeline checkout this package runs from, when it is one."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / ".git").exists():
-        return None
-    try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
 # ------------------------------------------------------------------------------------------------- network
@@ -209,7 +186,7 @@ def new_contract(settings: Mapping[str, Mapping[str, Any]], bundle_root: str | o
 
     Labels, bundle name and version and what the inputs hold come from ``<bundle_root>/configs/metadata.json``.
     """
-    meta = _bundle_metadata(bundle_root)
+    meta = bundle_metadata(bundle_root)
     binding, defaults = dict(settings.get("binding", {})), dict(settings.get("defaults", {}))
     if "network_def" in binding:
         definition = _definition_of(binding["network_def"])
@@ -231,7 +208,7 @@ def new_contract(settings: Mapping[str, Mapping[str, Any]], bundle_root: str | o
         "settings": _plain({**binding, **defaults}, "a setting"),
         "inputs": _plain(meta.get("network_data_format", {}).get("inputs"), "the metadata's inputs"),
         "software": _software(),
-        "git_revision": _git_revision(),
+        "git_revision": git_revision(),
     }
 
 
@@ -296,7 +273,7 @@ def _network_conflict(recorded: Mapping[str, Any], net: Any) -> list[str]:
 def contract_conflicts(contract: ModelContract, settings: Mapping[str, Mapping[str, Any]],
                        bundle_root: str | os.PathLike | None = None) -> list[str]:
     """The binding entries of ``contract`` that this run's ``settings`` contradict, one line each."""
-    meta = _bundle_metadata(bundle_root)
+    meta = bundle_metadata(bundle_root)
     current = dict(settings.get("binding", {}))
     labels = _labels(meta)
     if labels is not None:

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["default_device", "default_num_workers", "init_distributed", "dist_rank", "end_distributed",
-           "rank_zero_only", "git_revision", "algorithm_id"]
+           "rank_zero_only", "git_revision", "bundle_metadata", "algorithm_id"]
 
 
 def default_device(device: str | None = None) -> torch.device:
@@ -78,26 +78,38 @@ def rank_zero_only(items: list, keep: int = 0) -> list:
 
 
 @lru_cache(maxsize=None)
-def git_revision() -> str:
-    """Short git revision of the installed package's checkout (``+dirty`` with local changes), or ``unknown``."""
-    here = Path(__file__).resolve().parent
+def git_revision() -> str | None:
+    """The commit of the monai-pipeline checkout this package runs from (``+dirty`` with uncommitted changes to
+    tracked files), or None when it does not run from a git checkout."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return rev + ("+dirty" if dirty else "") if rev else "unknown"
+        return None
+    if rev.returncode != 0 or not rev.stdout.strip():
+        return None
+    return rev.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+
+
+def bundle_metadata(bundle_root: str | os.PathLike | None) -> dict:
+    """``<bundle_root>/configs/metadata.json`` as a dict; empty when there is none."""
+    if bundle_root is None:
+        return {}
+    try:
+        return json.loads((Path(bundle_root) / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def algorithm_id(bundle_root: str | os.PathLike) -> dict[str, str]:
     """``{"name", "version"}`` of a bundle's model for derived objects (DICOM SEG): the bundle's name, its
-    version and the code's git revision (``lung_ct_tumor_segmentation``, ``0.4.0 (git 1a2b3c4d5e6f)``)."""
-    meta_file = Path(bundle_root) / "configs" / "metadata.json"
-    try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        meta = {}
-    name = str(meta.get("name") or Path(bundle_root).resolve().name).replace(" ", "_")
-    return {"name": name, "version": f"{meta.get('version', 'unknown')} (git {git_revision()})"}
+    version and the code's git revision (``Lung CT tumour segmentation``, ``0.4.0 (git 1a2b3c4d5e6f)``)."""
+    meta = bundle_metadata(bundle_root)
+    name = str(meta.get("name") or Path(bundle_root).resolve().name)[:64]
+    rev = git_revision()
+    return {"name": name, "version": f"{meta.get('version', 'unknown')} (git {rev[:12] if rev else 'unknown'})"}
