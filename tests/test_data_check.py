@@ -86,3 +86,26 @@ def test_slice_folder_problems_are_all_listed(tmp_path):
     assert ("BRAINPH_000_2.tif", "image without its mask") in problems
     assert any(p == "BRAINPH_001_3_mask.tif" and "0/255 or 0/1" in m for p, m in problems)
     assert len(problems) == 2
+
+
+def test_check_a_dicom_folder(tmp_path):
+    """A DICOM folder is checked series by series; the real CT passes, a series with a missing slice is named."""
+    from conftest import shared
+    from monai_pipeline.data.check import check_dataset
+    from test_data_bad_inputs import _dicom_missing_slice
+
+    assert check_dataset(shared("nsclc_radiomics", "LUNG1-001")) == []
+    findings = check_dataset(_dicom_missing_slice(tmp_path))
+    assert len(findings) == 1 and findings[0].severity == "error" and "1 slice(s) missing" in findings[0].problem
+
+
+def test_a_folder_of_dicom_series_pairs_by_pseudonym(tmp_path):
+    from monai_pipeline.io.naming import case_id, files_by_case
+    from test_data_bad_inputs import _dicom
+
+    _dicom(tmp_path / "series", "a")
+    _dicom(tmp_path / "series", "b", seed=1)
+    (tmp_path / "series" / "notes").mkdir()
+    found = files_by_case(tmp_path / "series")
+    assert found == {case_id(tmp_path / "series" / "a"): tmp_path / "series" / "a",
+                     case_id(tmp_path / "series" / "b"): tmp_path / "series" / "b"}

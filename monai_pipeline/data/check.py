@@ -25,6 +25,7 @@ import numpy as np
 from monai_pipeline.data.datasets import lidc_datalist, read_dataset_json
 from monai_pipeline.data.validate import check_pair, image_info, read_voxels
 from monai_pipeline.errors import DataError
+from monai_pipeline.io.dicom import SERIES_SEPARATOR, is_dicom_path, scan_folder
 from monai_pipeline.io.naming import IMAGE_SUFFIXES, is_slice_file
 from monai_pipeline.io.slices import pair_slices, read_slice
 
@@ -178,6 +179,8 @@ def check_dataset(root: str | os.PathLike) -> list[Finding]:
         return chk.finish()
     if (root / "dataset.json").is_file():
         _check_msd(chk, root)
+    elif not any(root.rglob("*.nii*")) and is_dicom_path(root):
+        _check_dicom(chk, root)
     elif (root / "index.csv").is_file():
         _check_lidc(chk, root)
     elif any(is_slice_file(f) for d in root.iterdir() if d.is_dir() for f in d.iterdir()):
@@ -236,6 +239,19 @@ def _check_slices(chk: _Checker, root: Path) -> None:
             chk.add("warning", folder, "no slice images in this folder")
         for key in sorted(pairs):
             chk.slice_pair(pairs[key].get("image"), pairs[key].get("mask"), folder.name)
+
+
+def _check_dicom(chk: _Checker, root: Path) -> None:
+    """A DICOM folder or tree: every image series checked as a volume (``FOLDER#SERIES_UID``)."""
+    try:
+        found = scan_folder(root)
+    except DataError as err:
+        chk.error(err, root)
+        return
+    if not found.series:
+        chk.add("error", root, "no DICOM image series")
+    for uid in sorted(found.series):
+        chk.volume(Path(f"{root}{SERIES_SEPARATOR}{uid}"), "image", "dicom")
 
 
 def _check_volumes(chk: _Checker, root: Path) -> None:

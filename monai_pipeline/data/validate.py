@@ -208,11 +208,14 @@ def check_pair(image: str | os.PathLike, label: str | os.PathLike, ndim: int = 3
 
 
 def read_voxels(path: str | os.PathLike) -> np.ndarray:
-    """A volume's voxels as stored (NIfTI scaling applied as nibabel does; ITK formats in z, y, x order).
+    """A volume's voxels as stored (NIfTI scaling applied as nibabel does; ITK formats in z, y, x order; a DICOM
+    series in HU, i, j, k order).
 
     For value checks (label values, NaN, hashes), not for geometry; read the file with
     :func:`image_info` first when it may be broken.
     """
+    if not str(path).lower().endswith(IMAGE_SUFFIXES) and (series := dicom_source(path)) is not None:
+        return read_series(*series)[0]
     if is_nifti(path):
         return np.asanyarray(nib.load(str(path)).dataobj)
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))

@@ -83,7 +83,9 @@ def files_by_case(folder: str | os.PathLike, postfix: str = "") -> dict[str, Pat
     """The volumes of a folder by case ID: ``<case>[_<postfix>].<ext>`` -> ``{case: path}``.
 
     Hidden files, non-volumes and Slicer ``.seg.nrrd`` files are left out; the postfix is removed when
-    present (``lung_001_seg.nii.gz`` -> ``lung_001`` for ``postfix="seg"``).
+    present (``lung_001_seg.nii.gz`` -> ``lung_001`` for ``postfix="seg"``). Without a postfix (images), a
+    sub-folder holding a DICOM series is a case too, under its pseudonym (``dcm-<hash>``, as ``infer`` names its
+    mask).
 
     Raises:
         DataError: the folder does not exist, or two files give one case ID.
@@ -91,10 +93,16 @@ def files_by_case(folder: str | os.PathLike, postfix: str = "") -> dict[str, Pat
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"{root}: folder not found")
+    from monai_pipeline.io.dicom import is_dicom_path  # DICOM builds on the image layer
+
     out: dict[str, Path] = {}
     for p in sorted(root.iterdir()):
         name = p.name.lower()
-        if p.name.startswith(".") or not p.is_file() or not name.endswith(IMAGE_SUFFIXES) or name.endswith(".seg.nrrd"):
+        if p.name.startswith("."):
+            continue
+        if p.is_dir() and not postfix and is_dicom_path(p):  # a DICOM series' folder: its pseudonym
+            pass
+        elif not p.is_file() or not name.endswith(IMAGE_SUFFIXES) or name.endswith(".seg.nrrd"):
             continue
         c = case_id(p)
         c = c[: -len(postfix) - 1] if postfix and c.endswith(f"_{postfix}") else c
