@@ -392,6 +392,18 @@ def rasterise(polygons: Iterable[np.ndarray], props: ImageProperties, source: st
     return mask
 
 
+def _check_reference(path: Path, wanted: str | None, found: Sequence[str], what: str, fault: str) -> None:
+    """``wanted`` (the image's UID) must be among the RTSTRUCT's ``found`` UIDs; a file naming none is accepted with
+    a warning."""
+    if wanted is None:
+        return
+    if not found:
+        logger.warning("%s: names no %s; it cannot be checked against the image's %s", path, what, wanted)
+    elif wanted not in found:
+        raise DataError(f"{path}: {fault.format(found=', '.join(found), wanted=wanted)}; pair the RTSTRUCT with the "
+                        "CT it was drawn on")
+
+
 def label_map(rtstruct_path: str | os.PathLike | RTStruct, props: ImageProperties,
               labels: Sequence[tuple[str, str]], frame_of_reference: str | None = None,
               series_uid: str | None = None) -> tuple[np.ndarray, dict[str, list[str]]]:
@@ -425,20 +437,10 @@ def label_map(rtstruct_path: str | os.PathLike | RTStruct, props: ImagePropertie
         raise ValueError(f"labels must be 1 to 255 (name, pattern) pairs with distinct names, got {names}")
     struct = rtstruct_path if isinstance(rtstruct_path, RTStruct) else read_rtstruct(rtstruct_path)
     path = struct.path
-    if frame_of_reference is not None:
-        if not struct.frame_of_reference_uids:
-            logger.warning("%s: names no Frame of Reference; it cannot be checked against the image's %s",
-                           path, frame_of_reference)
-        elif frame_of_reference not in struct.frame_of_reference_uids:
-            raise DataError(f"{path}: refers to Frame of Reference {', '.join(struct.frame_of_reference_uids)}, the "
-                            f"image is in {frame_of_reference}; pair the RTSTRUCT with the CT it was drawn on")
-    if series_uid is not None:
-        if not struct.series_uids:
-            logger.warning("%s: names no referenced image series; it cannot be checked against series %s",
-                           path, series_uid)
-        elif series_uid not in struct.series_uids:
-            raise DataError(f"{path}: references another series ({', '.join(struct.series_uids)}), not the image's "
-                            f"series {series_uid}; pair the RTSTRUCT with the CT it was drawn on")
+    _check_reference(path, frame_of_reference, struct.frame_of_reference_uids, "Frame of Reference",
+                     "refers to Frame of Reference {found}, the image is in {wanted}")
+    _check_reference(path, series_uid, struct.series_uids, "referenced image series",
+                     "references another series ({found}), not the image's series {wanted}")
     selected = [(name, _matching(struct, pattern)) for name, pattern in labels]
     out = np.zeros(tuple(int(s) for s in props.shape[:3]), dtype=np.uint8)
     matched: dict[str, list[str]] = {}
