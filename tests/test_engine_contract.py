@@ -85,9 +85,9 @@ def test_contract_beside_model_matches_weights_and_model_loads_strictly(lung_mod
     data = read_model_contract(path, SCHEMA_VERSION, REQUIRED_FIELDS)  # JSON, every field, schema, binding values
     assert data["schema"] == SCHEMA_VERSION
     assert data["weights"] == {"file": "model.pt", "sha256": file_sha256(weights), "bytes": weights.stat().st_size}
-    assert set(data["binding"]) == {"pixdim", "orientation", "hu_window", "body_threshold_hu", "crop_lungs",
-                                    "num_classes", "network_def", "labels"}
-    assert data["defaults"] == ["patch_size"]  # the training window: a default, not binding
+    assert set(data["binding"]) == {"pixdim", "orientation", "hu_window", "num_classes", "network_def", "labels"}
+    # the training window and the region cropped around the lungs: defaults, not binding
+    assert sorted(data["defaults"]) == ["body_threshold_hu", "crop_lungs", "patch_size"]
     settings = data["settings"]
     assert settings["pixdim"] == TINY_SETTINGS["pixdim"] and settings["patch_size"] == TINY_SETTINGS["patch_size"]
     assert settings["orientation"] == "RAS" and settings["hu_window"] == [-1000, 500]
