@@ -177,3 +177,15 @@ def test_committed_bf16_kernel_check_is_consistent():
             assert v["failed"] == nonfinite, v
         assert any(v.get("onednn_convolution_implementations") for v in ran)
         assert "scripts/bf16_kernel_check.py" in result["command"]
+
+
+def test_committed_nsclc_result_has_provenance():
+    keys = {"case", "command", "git_rev", "device", "cpu", "cpu_isa", "threads", "infer_cli", "infer_stages", "anatomy"}
+    for result in committed_results("nsclc_lung1_*.json", keys, "NSCLC LUNG1-001"):
+        assert "scripts/benchmark_nsclc.py" in result["command"] and len(result["git_rev"]) >= 40
+        cli = result["infer_cli"]
+        assert cli["wall_s"] > 0 and cli["peak_rss_gb"] > 0 and any(o.endswith("_seg.dcm") for o in cli["outputs"])
+        anatomy = result["anatomy"]
+        assert 0.0 <= anatomy["lung_dice_vs_rtstruct"] <= 1.0 and anatomy["lung_mask_s"] > 0
+        burden = anatomy["burden"]
+        assert abs(burden["tumour_right_ml"] + burden["tumour_left_ml"] - burden["tumour_ml"]) < 0.05
