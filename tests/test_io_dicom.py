@@ -240,3 +240,16 @@ def test_a_left_handed_grid_is_stored_with_its_slices_reversed(tmp_path):
     assert np.array_equal(got, arr[:, :, ::-1])
     last = flipped.lps_affine @ [0, 0, GRID.shape[2] - 1, 1]
     assert np.allclose(props.lps_affine @ [0, 0, 0, 1], last, atol=1e-4)  # the same voxels in space
+
+
+def test_identity_map_written_only_where_asked_and_outside_the_outputs(tmp_path):
+    import csv
+
+    _series(tmp_path / "s", patient_id="Doe^Jane")
+    (tmp_path / "a.nii.gz").write_bytes(b"")  # not DICOM: not in the map
+    out = dicom.write_identity_map([tmp_path / "s", tmp_path / "a.nii.gz"], tmp_path / "ids.csv")
+    (row,) = list(csv.DictReader(out.open()))
+    assert row["case_id"] == case_id(tmp_path / "s") and row["PatientID"] == "Doe^Jane"
+    assert dicom.write_identity_map([tmp_path / "a.nii.gz"], tmp_path / "none.csv") is None
+    with pytest.raises(DataError, match="must lie outside"):
+        dicom.write_identity_map([tmp_path / "s"], tmp_path / "masks" / "ids.csv", outside=tmp_path / "masks")

@@ -59,7 +59,8 @@ def test_lung1_dicom_to_masks_burden_and_slicer(trained, tmp_path):
     # inference on the DICOM series: NIfTI mask on the CT's grid and a DICOM SEG equal to it
     out = tmp_path / "masks"
     run_cmd([CLI, "infer", "--images", str(case), "--ckpt-dir", str(trained / "models"), "--output-dir", str(out),
-             *SETS], cwd=tmp_path)
+             "--id-map", str(tmp_path / "identity.csv"), *SETS], cwd=tmp_path)
+    assert "LUNG1-001" in (tmp_path / "identity.csv").read_text()  # asked for: the map, outside the outputs
     cid = case_id(case)
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [f"{cid}_seg.dcm", f"{cid}_seg.nii.gz"]
     mask, mask_props = read_image(out / f"{cid}_seg.nii.gz")

@@ -100,6 +100,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
         raise SystemExit("error: infer --distributed runs under torchrun: torchrun --nproc_per_node=N -m "
                          "monai_pipeline infer --distributed ...")
     images = args.images[0] if len(args.images) == 1 else args.images
+    if args.id_map and Path(args.id_map).resolve().is_relative_to(Path(args.output_dir).resolve()):
+        raise SystemExit(f"error: --id-map {args.id_map} must lie outside --output-dir {args.output_dir}, whose files "
+                         "carry only pseudonyms")
     overrides = {k: v for k, v in _overrides(args).items() if k not in ("ckpt_dir", "output_dir", "output_ext")}
     overrides.setdefault("failures_file", str(Path(args.output_dir) / "failed.json"))
     if args.overwrite:
@@ -111,6 +114,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
               f"done, {summary['failed']} failed")
         for f in summary["failures"]:
             print(f"failed: {f['error']}", file=sys.stderr)
+        if args.id_map:
+            from monai_pipeline.io.dicom import write_identity_map
+
+            done = [c["image"] for c in summary["cases"] if c.get("mask")]
+            if write_identity_map([c if isinstance(c, str) else c[0] for c in done], args.id_map, args.output_dir):
+                print(f"identity map: {args.id_map}")
     return 1 if summary["failed"] else 0
 
 
@@ -324,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="segment every image again (default: resume, keeping masks that exist and are complete)")
     p.add_argument("--distributed", action="store_true",
                    help="use multi_gpu_inference.json, each process its share (launch with torchrun -m monai_pipeline)")
+    p.add_argument("--id-map", metavar="CSV", help="for DICOM inputs, also write pseudonym (dcm-...) -> PatientID, "
+                                                   "PatientName, StudyDate, UIDs to this file (outside --output-dir); "
+                                                   "not written unless asked")
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("check", help="check a dataset and list every problem found (exit 1 when any is an error)")

@@ -19,8 +19,6 @@ temporary name and swapped in whole: bad input leaves nothing behind.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
@@ -31,7 +29,7 @@ import numpy as np
 
 from monai_pipeline.errors import DataError
 from monai_pipeline.io.atomic import atomic_write_text, staged_folder
-from monai_pipeline.io.dicom import DicomSeries, identity_rows, read_series, scan_folder, series_geometry
+from monai_pipeline.io.dicom import DicomSeries, read_series, scan_folder, series_geometry, write_identity_map
 from monai_pipeline.io.images import write_image
 from monai_pipeline.io.rtstruct import RTStruct, label_map, read_rtstruct
 
@@ -124,7 +122,8 @@ def import_dicom(tree: str | os.PathLike, out_dir: str | os.PathLike, labels: Se
     labels = parse_label_patterns(labels) if labels and isinstance(labels[0], str) else list(labels)
     out = Path(out_dir)
     if id_map is not None and Path(id_map).resolve().is_relative_to(out.resolve()):
-        raise DataError(f"{id_map}: the identity map must lie outside the dataset folder {out}")
+        raise DataError(f"{id_map}: the identity map must lie outside the dataset folder {out}, whose files carry "
+                        "only pseudonyms")
     pairs = pair_structures(tree)
     # check every pair first (cheap: headers and contours), so a bad case stops the import before any write
     planned = []
@@ -160,12 +159,6 @@ def import_dicom(tree: str | os.PathLike, out_dir: str | os.PathLike, labels: Se
         atomic_write_text(tmp / "dataset.json", json.dumps(meta, indent=2) + "\n")
         atomic_write_text(tmp / "import_report.json", json.dumps(report, indent=2) + "\n")
     if id_map is not None:
-        rows = identity_rows(f"{s.folder}#{s.uid}" for s, _, _, _ in planned)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(Path(id_map), buf.getvalue())
-        logger.info("identity map (pseudonym -> patient fields) written to %s on request", id_map)
+        write_identity_map([f"{s.folder}#{s.uid}" for s, _, _, _ in planned], id_map)
     logger.info("imported %d case(s) into %s", len(training), out)
     return out / "dataset.json"

@@ -45,7 +45,7 @@ from monai_pipeline.io.images import GEOMETRY_TOL_MM, ImageProperties
 
 __all__ = ["DicomSlice", "DicomSeries", "DicomScan", "SERIES_SEPARATOR", "split_series_path", "is_dicom_file",
            "is_dicom_path", "scan_folder", "choose_series", "series_geometry", "read_series",
-           "read_series_properties", "pseudonym", "identity_rows", "NOT_IMAGES", "dicom_source", "write_series"]
+           "read_series_properties", "pseudonym", "identity_rows", "write_identity_map", "NOT_IMAGES", "dicom_source", "write_series"]
 
 logger = logging.getLogger(__name__)
 
@@ -457,6 +457,36 @@ def identity_rows(paths: Iterable[str | os.PathLike]) -> list[dict[str, str]]:
                      "PatientName": str(ds.get("PatientName", "")), "StudyDate": str(ds.get("StudyDate", "")),
                      "StudyInstanceUID": chosen.study_uid, "SeriesInstanceUID": chosen.uid})
     return rows
+
+
+def write_identity_map(paths: Iterable[str | os.PathLike], dest: str | os.PathLike,
+                       outside: str | os.PathLike | None = None) -> Path | None:
+    """Write :func:`identity_rows` of the DICOM series among ``paths`` as CSV to ``dest`` (atomically), only when
+    the user asked for it; None when no path is a DICOM series.
+
+    Raises:
+        DataError: ``dest`` lies inside ``outside`` (the folder of outputs that get shared).
+    """
+    from monai_pipeline.io.atomic import atomic_write_text
+
+    dest = Path(dest)
+    if outside is not None and dest.resolve().is_relative_to(Path(outside).resolve()):
+        raise DataError(f"{dest}: the identity map must lie outside {outside}, whose files carry only pseudonyms")
+    series = [p for p in paths if not str(p).lower().endswith((".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"))
+              and dicom_source(p) is not None]
+    if not series:
+        return None
+    import csv
+    import io
+
+    rows = identity_rows(series)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(dest, buf.getvalue())
+    logger.info("identity map (pseudonym -> patient fields) of %d series written to %s on request", len(rows), dest)
+    return dest
 
 
 def _ds(value: float) -> str:
