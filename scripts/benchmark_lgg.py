@@ -17,6 +17,17 @@ replaced by FLAIR (7 of the 35 patients here), and FLAIR is the sequence the mas
 
 Progress is the bundle's epoch log. A run continues from the latest checkpoint in ``--work`` unless
 ``--no-resume``; ``--eval-only`` evaluates the best checkpoint there without training.
+
+**Cross-validation** (all 55 patients, each scored once by the model that never saw it):
+
+    .venv/bin/python scripts/benchmark_lgg.py --fold 0 --epochs 100 --set 'channels=[1]'   # folds 0..4, one per run
+    .venv/bin/python scripts/benchmark_lgg.py --cv-summary                                  # pool the folds done
+
+``--fold K`` trains on the other four folds (the bundle's ``split_mode cv``: a tenth of their patients choose the
+checkpoint and stop early; fold K's patients choose nothing), evaluates fold K and writes
+``benchmarks/results/lgg_cv_fold<K>.json`` (work folder ``runs/lgg_cv/fold<K>``, resumable). ``--cv-summary`` pools
+the per-patient Dice of every fold result present into ``lgg_cv_summary.json``: mean and median with bootstrap
+95 % intervals, and which folds are done.
 """
 
 from __future__ import annotations
@@ -41,6 +52,10 @@ from monai_pipeline.io.atomic import atomic_write_text  # noqa: E402
 from monai_pipeline.engine.checkpoints import latest_checkpoint  # noqa: E402
 
 SPLIT = {"val_fraction": 0.1, "test_fraction": 0.2}
+CV_SPLIT = {"split_mode": "cv", "val_fraction": 0.1, "test_fraction": 0.0}  # val: a tenth of the training folds
+RESULTS = ROOT / "benchmarks" / "results"
+DEFAULT_WORK = str(ROOT / "runs" / "lgg")
+DEFAULT_OUT = str(RESULTS / "lgg_brain_dice.json")
 
 
 def brats_datalist(root: Path) -> list[dict]:
@@ -55,15 +70,26 @@ def main(argv=None) -> int:
     data_root = ROOT.parent / "shared" / "data"
     ap.add_argument("--data", default=str(data_root / "lgg_kaggle_3m"))
     ap.add_argument("--brats", default=str(data_root / "brats2015"))
-    ap.add_argument("--work", default=str(ROOT / "runs" / "lgg"), help="checkpoints and logs")
+    ap.add_argument("--work", default=DEFAULT_WORK, help="checkpoints and logs")
     ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-resume", action="store_true")
     ap.add_argument("--eval-only", action="store_true", help="skip training: evaluate the best checkpoint in --work")
     ap.add_argument("--max-cases", type=int, default=None, help="quick check on a subset of patients")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lgg_brain_dice.json"))
+    ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra bundle override")
+    ap.add_argument("--fold", type=int, help="cross-validation: train on the other folds, score this one")
+    ap.add_argument("--num-folds", type=int, default=5)
+    ap.add_argument("--cv-summary", action="store_true", help="pool the committed fold results (no training)")
     args = ap.parse_args(argv)
+    if args.cv_summary:
+        return cv_summary(Path(args.out).parent if args.out != DEFAULT_OUT else RESULTS, args.num_folds)
+    cv = args.fold is not None
+    if cv:
+        if args.work == DEFAULT_WORK:
+            args.work = str(ROOT / "runs" / "lgg_cv" / f"fold{args.fold}")
+        if args.out == DEFAULT_OUT:
+            args.out = str(RESULTS / f"lgg_cv_fold{args.fold}.json")
 
     data, brats = Path(args.data), Path(args.brats)
     if not data.is_dir():
@@ -71,8 +97,9 @@ def main(argv=None) -> int:
         return 2
     work = Path(args.work)
     extra = parse_overrides(args.set)
+    split_args = {**CV_SPLIT, "fold": args.fold, "num_folds": args.num_folds} if cv else SPLIT
     overrides = dict(dataset_dir=str(data.resolve()), ckpt_dir=str(work / "models"), seed=args.seed,
-                     max_cases=args.max_cases, **SPLIT, **extra)
+                     max_cases=args.max_cases, **split_args, **extra)
     resume = not args.no_resume and latest_checkpoint(work / "models") is not None
 
     t0 = time.perf_counter()
@@ -84,7 +111,7 @@ def main(argv=None) -> int:
     run_bundle("brain", "evaluate", (), output_dir=str(work / "test"), eval_datalist="@test_datalist", **overrides)
     eval_s = time.perf_counter() - t1
     rows = read_metric_details(work / "test" / "val_mean_dice_raw.csv")
-    split = {s: brain_datalist(data, s, seed=args.seed, max_cases=args.max_cases, validate=False, **SPLIT)
+    split = {s: brain_datalist(data, s, seed=args.seed, max_cases=args.max_cases, validate=False, **split_args)
              for s in ("train", "val", "test")}
     if len(rows) != len(split["test"]):
         raise RuntimeError(f"evaluated {len(rows)} patients but the test split holds {len(split['test'])}")
@@ -92,7 +119,7 @@ def main(argv=None) -> int:
     by_patient = {p["patient"]: p["dice"] for p in patients}
 
     brats_rows: list[dict] = []
-    if brats.is_dir():
+    if brats.is_dir() and not cv:  # the out-of-domain check once, on the single-split model
         items = brats_datalist(brats)
         run_bundle("brain", "evaluate", (), output_dir=str(work / "brats"), eval_datalist=items,
                    **{k: v for k, v in overrides.items() if k not in ("max_cases",)})
@@ -101,7 +128,9 @@ def main(argv=None) -> int:
     dice = [r["dice"] for r in rows]
     tumour_slices = [s["dice"] for s in slices if s["label_pixels"] > 0]
     result = {
-        "dataset": "LGG brain MRI (Buda et al. 2019, kaggle_3m subset, ../shared/data/lgg_kaggle_3m), patient-level split",
+        "dataset": "LGG brain MRI (Buda et al. 2019, kaggle_3m subset, ../shared/data/lgg_kaggle_3m), patient-level "
+                   + (f"{args.num_folds}-fold cross-validation, fold {args.fold}" if cv else "split"),
+        "cv": {"fold": args.fold, "num_folds": args.num_folds, "seed": args.seed} if cv else None,
         "n_train_patients": len({d["patient"] for d in split["train"]}),
         "n_val_patients": len(split["test"]),
         "n_val_note": "validation patients = held-out patients the figures are measured on: never trained on, never "
@@ -109,7 +138,7 @@ def main(argv=None) -> int:
                       "per-patient Dice) and early stopping",
         "n_selection_patients": len(split["val"]),
         "n_train_slices": sum(len(d["image"]) for d in split["train"]),
-        "split_fractions": SPLIT,
+        "split_fractions": split_args,
         "val_patients": [d["patient"] for d in split["test"]],
         "selection_patients": [d["patient"] for d in split["val"]],
         "train_patients": [d["patient"] for d in split["train"]],
@@ -133,6 +162,48 @@ def main(argv=None) -> int:
     }
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k not in ("per_patient",)}, indent=2))
+    return 0
+
+
+def _bootstrap_ci(values: list[float], stat, n: int = 10000, seed: int = 0) -> list[float]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    arr = np.asarray(values, dtype=float)
+    stats = [stat(arr[rng.integers(0, arr.size, arr.size)]) for _ in range(n)]
+    return [round(float(np.percentile(stats, 2.5)), 4), round(float(np.percentile(stats, 97.5)), 4)]
+
+
+def cv_summary(results: Path, num_folds: int) -> int:
+    """Pool the per-patient Dice of every ``lgg_cv_fold<K>.json`` present into ``lgg_cv_summary.json``."""
+    import numpy as np
+
+    folds = {}
+    for k in range(num_folds):
+        path = results / f"lgg_cv_fold{k}.json"
+        if path.is_file():
+            folds[k] = json.loads(path.read_text())
+    if not folds:
+        print(f"error: no lgg_cv_fold<K>.json in {results}", file=sys.stderr)
+        return 2
+    rows = [dict(r, fold=k) for k, f in folds.items() for r in f["per_patient"]]
+    seen = [r["patient"] for r in rows]
+    if len(seen) != len(set(seen)):
+        raise RuntimeError("a patient is scored by two folds: the fold results come from different splits")
+    dice = [r["dice"] for r in rows]
+    summary = {
+        "dataset": "LGG brain MRI (kaggle_3m), per-patient Dice pooled over cross-validation folds",
+        "folds_done": sorted(folds), "folds_missing": [k for k in range(num_folds) if k not in folds],
+        "n_patients_scored": len(rows),
+        "mean_patient_dice": round(statistics.fmean(dice), 4), "median_patient_dice": round(statistics.median(dice), 4),
+        "mean_ci95_bootstrap": _bootstrap_ci(dice, np.mean), "median_ci95_bootstrap": _bootstrap_ci(dice, np.median),
+        "per_fold": {k: {"mean": round(f["mean_patient_dice"], 4), "n": f["n_val_patients"], "epochs": f["epochs"],
+                         "git_rev": f["git_rev"], "command": f["command"]} for k, f in folds.items()},
+        "per_patient": rows,
+        "command": "python scripts/benchmark_lgg.py --cv-summary",
+    }
+    atomic_write_text(results / "lgg_cv_summary.json", json.dumps(summary, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in summary.items() if k != "per_patient"}, indent=2))
     return 0
 
 

@@ -56,7 +56,7 @@ LGG_KEYS = {"n_train_patients", "n_val_patients", "mean_patient_dice", "median_p
 
 
 def test_committed_lgg_result_has_provenance():
-    for result in committed_results("*lgg*.json", LGG_KEYS, "LGG"):
+    for result in committed_results("lgg_brain*.json", LGG_KEYS, "LGG"):
         per = [r["dice"] for r in result["per_patient"]]
         assert len(per) == result["n_val_patients"] and result["n_train_patients"] > result["n_val_patients"]
         assert abs(sum(per) / len(per) - result["mean_patient_dice"]) < 1e-3
@@ -189,3 +189,29 @@ def test_committed_nsclc_result_has_provenance():
         assert 0.0 <= anatomy["lung_dice_vs_rtstruct"] <= 1.0 and anatomy["lung_mask_s"] > 0
         burden = anatomy["burden"]
         assert abs(burden["tumour_right_ml"] + burden["tumour_left_ml"] - burden["tumour_ml"]) < 0.05
+
+
+def test_committed_lgg_cv_folds_and_summary_are_consistent():
+    """Cross-validation folds (scripts/benchmark_lgg.py --fold K): each fold's patients are its own test set, no
+    patient scored twice, and the pooled summary follows from the fold results present."""
+    import statistics
+
+    folds = sorted((ROOT / "benchmarks" / "results").glob("lgg_cv_fold*.json"))
+    if not folds:
+        pytest.skip("no cross-validation fold committed yet (scripts/benchmark_lgg.py --fold K)")
+    scored = []
+    for f in folds:
+        r = json.loads(f.read_text())
+        per = [p["dice"] for p in r["per_patient"]]
+        assert r["cv"]["fold"] == int(f.stem.removeprefix("lgg_cv_fold")) and len(per) == r["n_val_patients"]
+        assert not set(r["val_patients"]) & (set(r["train_patients"]) | set(r["selection_patients"]))
+        assert abs(statistics.fmean(per) - r["mean_patient_dice"]) < 1e-3
+        assert "scripts/benchmark_lgg.py" in r["command"] and "--fold" in r["command"]
+        scored += r["val_patients"]
+    assert len(scored) == len(set(scored))
+    summary = json.loads((ROOT / "benchmarks" / "results" / "lgg_cv_summary.json").read_text())
+    assert summary["folds_done"] == sorted(json.loads(f.read_text())["cv"]["fold"] for f in folds)
+    pooled = [p["dice"] for p in summary["per_patient"]]
+    assert len(pooled) == len(scored) and abs(statistics.fmean(pooled) - summary["mean_patient_dice"]) < 1e-3
+    lo, hi = summary["mean_ci95_bootstrap"]
+    assert lo <= summary["mean_patient_dice"] <= hi

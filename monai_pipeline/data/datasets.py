@@ -382,6 +382,11 @@ def brain_datalist(dataset_dir: str | os.PathLike, split: str = "train", split_m
             or for choosing a checkpoint; ``val_fraction`` is then a fraction of all patients. With
             ``test_fraction=0`` and a dataset.json, ``"test"`` is its ``test`` list.
         max_cases: keep only the first N patients (quick runs).
+
+    ``split_mode="cv"``: patient-level cross-validation with a test set per fold: ``"test"`` is fold ``fold`` of a
+    fixed-seed ``num_folds``-fold split, and the other folds' patients are split again (seed + 1) into
+    ``"train"`` and ``"val"`` (``val_fraction`` of them: checkpoint choice and early stopping), so every patient is
+    scored once, by the model of the fold that never saw it, and nothing is chosen on it.
     """
     root = Path(dataset_dir)
     json_path = root / "dataset.json"
@@ -397,6 +402,13 @@ def brain_datalist(dataset_dir: str | os.PathLike, split: str = "train", split_m
             validate_datalist(items + provided, labels=declared_labels(meta, root))
     else:
         items = lgg_datalist(root, validate)
+    if split_mode == "cv" and split != "all":  # cross-validation: fold `fold` is the test set
+        rest, test = kfold_split(items, num_folds, fold, seed)
+        if split == "test":
+            return test[: int(max_cases)] if max_cases is not None else test
+        train, val = split_train_val(rest, val_fraction, seed + 1)
+        items = train if split == "train" else val
+        return items[: int(max_cases)] if max_cases is not None else items
     if test_fraction > 0 and split != "all":
         items, test = split_train_val(items, test_fraction, seed)
         if split == "test":
