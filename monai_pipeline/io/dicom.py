@@ -33,7 +33,7 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import pydicom
@@ -148,18 +148,22 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
         return False
 
 
-def _files(folder: Path) -> list[Path]:
-    """Every non-hidden file under ``folder``, symbolic links to folders followed (each real folder once)."""
-    out, seen = [], set()
+def _walk(folder: Path) -> Iterator[Path]:
+    """The non-hidden files under ``folder``, lazily, symbolic links to folders followed (each real folder once)."""
+    seen = set()
     for root, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
         if real in seen:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        out.extend(Path(root) / f for f in files if not f.startswith("."))
-    return sorted(out)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        yield from (Path(root) / f for f in sorted(files) if not f.startswith("."))
+
+
+def _files(folder: Path) -> list[Path]:
+    """Every non-hidden file under ``folder`` (:func:`_walk`), sorted."""
+    return sorted(_walk(folder))
 
 
 def is_dicom_path(path: str | os.PathLike) -> bool:
@@ -169,7 +173,7 @@ def is_dicom_path(path: str | os.PathLike) -> bool:
         return is_dicom_file(folder)
     if not folder.is_dir():
         return False
-    for i, p in enumerate(_files(folder)):
+    for i, p in enumerate(_walk(folder)):  # a look at the first files, not a walk of a whole archive
         if i >= 64:
             break
         if p.suffix.lower() == ".dcm" or is_dicom_file(p):
