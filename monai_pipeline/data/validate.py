@@ -179,7 +179,7 @@ def image_info(path: str | os.PathLike, ndim: int | None = 3, thorough: bool = T
             non-finite or zero spacing.
     """
     p = Path(path)
-    if not p.name.lower().endswith(IMAGE_SUFFIXES) and (series := dicom_source(p)) is not None:
+    if (series := dicom_source(p)) is not None:
         info = _dicom_info(*series, thorough=thorough)
     elif not p.is_file():
         raise DataError(f"{p}: file not found")
@@ -214,7 +214,7 @@ def read_voxels(path: str | os.PathLike) -> np.ndarray:
     For value checks (label values, NaN, hashes), not for geometry; read the file with
     :func:`image_info` first when it may be broken.
     """
-    if not str(path).lower().endswith(IMAGE_SUFFIXES) and (series := dicom_source(path)) is not None:
+    if (series := dicom_source(path)) is not None:
         return read_series(*series)[0]
     if is_nifti(path):
         return np.asanyarray(nib.load(str(path)).dataobj)

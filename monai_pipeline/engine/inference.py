@@ -488,7 +488,7 @@ class SaveMaskd:
             known = meta.get(OUTPUT_PATH_KEY) if len(self.keys) == 1 else None
             dest = Path(known) if known else mask_path(source, self.output_dir, postfix, self.output_ext)
             mask = d[key].argmax(0) if self.one_hot else d[key]
-            if self.dicom_seg and not str(source).lower().endswith(IMAGE_SUFFIXES) and is_dicom_path(source):
+            if self.dicom_seg and is_dicom_path(source):
                 seg = write_dicom_seg(to_numpy(mask).astype(np.uint8), source, dest.with_name(
                     dest.name[: -len(self.output_ext)] + ".dcm"), self.segment_names, self.algorithm)
                 d.setdefault("saved_masks", []).append(str(seg))

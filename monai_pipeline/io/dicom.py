@@ -42,6 +42,7 @@ from pydicom.errors import InvalidDicomError
 
 from monai_pipeline.errors import DataError
 from monai_pipeline.io.images import GEOMETRY_TOL_MM, ImageProperties
+from monai_pipeline.io.naming import IMAGE_SUFFIXES
 
 __all__ = ["DicomSlice", "DicomSeries", "DicomScan", "SERIES_SEPARATOR", "split_series_path", "is_dicom_file",
            "is_dicom_path", "scan_folder", "choose_series", "series_geometry", "read_series",
@@ -168,6 +169,8 @@ def _files(folder: Path) -> list[Path]:
 
 def is_dicom_path(path: str | os.PathLike) -> bool:
     """A folder (or ``FOLDER#UID``) holding DICOM files, or a DICOM file: what the DICOM reader takes."""
+    if str(path).lower().endswith(IMAGE_SUFFIXES):
+        return False
     folder, _ = split_series_path(path)
     if folder.is_file():
         return is_dicom_file(folder)
@@ -190,6 +193,8 @@ def dicom_source(path: str | os.PathLike) -> tuple[Path, str | None] | None:
     Raises:
         DataError: ``path`` is a DICOM file that is not an image (RTSTRUCT, RTDOSE, ...).
     """
+    if str(path).lower().endswith(IMAGE_SUFFIXES):  # a volume file: never opened here
+        return None
     folder, uid = split_series_path(path)
     if folder.is_dir():
         return (folder, uid) if is_dicom_path(folder) else None
@@ -476,8 +481,7 @@ def write_identity_map(paths: Iterable[str | os.PathLike], dest: str | os.PathLi
     dest = Path(dest)
     if outside is not None and dest.resolve().is_relative_to(Path(outside).resolve()):
         raise DataError(f"{dest}: the identity map must lie outside {outside}, whose files carry only pseudonyms")
-    series = [p for p in paths if not str(p).lower().endswith((".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"))
-              and dicom_source(p) is not None]
+    series = [p for p in paths if dicom_source(p) is not None]
     if not series:
         return None
     import csv

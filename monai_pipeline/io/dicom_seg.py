@@ -126,8 +126,10 @@ def read_dicom_seg(path: str | os.PathLike, props: ImageProperties, source: str 
     import highdicom as hd
 
     seg = hd.seg.segread(str(path))
-    _, files = series_geometry(choose_series(source, series))
-    uids = [s.sop_uid for s in sorted(choose_series(source, series).slices, key=lambda s: files.index(s.path))]
+    chosen = choose_series(source, series)
+    _, files = series_geometry(chosen)
+    uid_of = {s.path: s.sop_uid for s in chosen.slices}
+    uids = [uid_of[f] for f in files]  # slice order
     out = np.zeros(props.shape[:3], dtype=np.uint8)
     numbers = [int(d.SegmentNumber) for d in seg.SegmentSequence]
     pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=numbers,

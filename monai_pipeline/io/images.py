@@ -30,7 +30,6 @@ import SimpleITK as sitk
 
 from monai_pipeline.errors import DataError
 from monai_pipeline.io.atomic import atomic_path
-from monai_pipeline.io.naming import IMAGE_SUFFIXES
 
 __all__ = ["ImageProperties", "GEOMETRY_TOL_MM", "LPS_TO_RAS", "lps_to_ras", "read_properties", "read_image",
            "write_image", "write_mask_like", "write_nifti", "is_nifti", "to_numpy", "read_mask",
@@ -185,8 +184,6 @@ def _itk_message(err: Exception) -> str:
 
 def _dicom(path: str | os.PathLike) -> tuple[Path, str | None] | None:
     """The DICOM series ``path`` names (a folder, ``FOLDER#UID`` or a DICOM file), or None for other files."""
-    if str(path).lower().endswith(IMAGE_SUFFIXES):
-        return None
     from monai_pipeline.io.dicom import dicom_source  # the DICOM reader builds on this module
     return dicom_source(path)
 

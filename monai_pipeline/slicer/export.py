@@ -20,7 +20,6 @@ from monai_pipeline.data.validate import check_export_target, read_label_map, se
 from monai_pipeline.io.atomic import atomic_write_text, staged_folder
 from monai_pipeline.io.dicom import is_dicom_path
 from monai_pipeline.io.images import read_image, read_properties, write_image, write_mask_like
-from monai_pipeline.io.naming import IMAGE_SUFFIXES
 from monai_pipeline.io.naming import case_id as default_case_id
 from monai_pipeline.io.naming import pair_folders
 from monai_pipeline.slicer.meshes import segment_mesh, write_mesh
@@ -108,10 +107,6 @@ coordinates
 """
 
 
-def _is_dicom(image: Path) -> bool:
-    return not image.name.lower().endswith(IMAGE_SUFFIXES) and is_dicom_path(image)
-
-
 def _case_files(case: str, segments: Sequence[SlicerSegment]) -> dict:
     """File names (inside the case folder) of one export."""
     return {"mask": f"{case}_seg.nii.gz", "segmentation": f"{case}.seg.nrrd", "color_table": f"{case}_colors.ctbl",
@@ -162,7 +157,7 @@ def _write_case(tmp: Path, final: Path, case: str, image: Path, mask: Path, labe
     voxel_ml = abs(float(np.linalg.det(ijk_to_lps[:3, :3]))) / 1000.0
     write_mask_like(labels, image, tmp / files["mask"], dtype=labels.dtype)
     volume = image
-    if _is_dicom(image):  # Slicer loads a volume file: the series is written beside the mask, same geometry
+    if is_dicom_path(image):  # Slicer loads a volume file: the series is written beside the mask, same geometry
         files["image"] = f"{case}_image.nrrd"
         write_image(*read_image(image), tmp / files["image"])
         volume = final / files["image"]
