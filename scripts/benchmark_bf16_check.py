@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """bf16 against float32 inference on real data: the LIDC nodule model's unseen test nodules, segmented three ways.
 
-Takes a model trained by ``scripts/benchmark_lidc.py`` (its ``--work`` folder) and runs the lung bundle's
+Takes a model trained by ``scripts/benchmark_lidc.py`` (its ``--work`` folder) and runs the nodule delineation bundle's
 evaluate workflow on the same held-out test nodules (the same seeded patient-level split) with
 
 * ``fp32``: ``precision fp32``, the reference answer;
@@ -111,7 +111,6 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"bf16_check_nodules_{cpu_tag()}.json"
-    overlay = [str(ROOT / "configs" / "lidc_nodules.json")]
     base = dict(dataset_dir=str(data.resolve()), ckpt_dir=str(work / "models"), seed=args.seed)
 
     runs: dict[str, dict] = {}
@@ -120,7 +119,7 @@ def main(argv=None) -> int:
             folder = work / "precision" / name
             t0 = time.perf_counter()
             with PrecisionFallbacks() as fallbacks:
-                run_bundle("lung", "evaluate", overlay, output_dir=str(folder), save_predictions=False, **base,
+                run_bundle("nodule", "evaluate", output_dir=str(folder), save_predictions=False, **base,
                            **setting)
             seconds = time.perf_counter() - t0
             dice = {r["case"]: r["dice"] for r in read_metric_details(folder / "val_mean_dice_raw.csv")}

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""LIDC-IDRI nodule benchmark for the lung bundle: train on patients, report Dice on unseen patients.
+"""LIDC-IDRI nodule benchmark for the nodule delineation bundle: train on patients, report Dice on unseen patients.
 
-Trains the lung bundle (its own configs, with the ``configs/lidc_nodules.json`` overlay for patch size,
-spacing and the dataset) on a fixed-seed patient-level split of ``../shared/data/lidc_nodules``:
+Trains ``bundles/lung_nodule_ct_delineation`` (its own configs: patch size, spacing, window and the LIDC
+datalists) on a fixed-seed patient-level split of ``../shared/data/lidc_nodules``:
 train / validation (checkpoint choice, early stopping) / test (reported only, never used to choose
 anything). Then runs the bundle's evaluate workflow on the test patients and writes
 ``benchmarks/results/lidc_nodule_dice.json`` with the figures, the command, the device and the git revision.
@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from monai_pipeline.app.bundles import parse_overrides, run_bundle  # noqa: E402
+from monai_pipeline.app.bundles import parse_overrides, resolve, run_bundle  # noqa: E402
 from monai_pipeline.data.datasets import lidc_split  # noqa: E402
 from monai_pipeline.evaluation.run import read_metric_details  # noqa: E402
 from monai_pipeline.io.atomic import atomic_write_text  # noqa: E402
@@ -54,7 +54,6 @@ def main(argv=None) -> int:
         print(f"error: {data}/index.csv not found: point --data at the lidc_nodules folder", file=sys.stderr)
         return 2
     work = Path(args.work)
-    overlay = [str(ROOT / "configs" / "lidc_nodules.json")]
     extra = parse_overrides(args.set)
     overrides = dict(dataset_dir=str(data.resolve()), ckpt_dir=str(work / "models"), seed=args.seed,
                      max_cases=args.max_cases, **extra)
@@ -62,18 +61,18 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     if not args.eval_only:
-        run_bundle("lung", "train", overlay, epochs=args.epochs, output_dir=str(work / "train"), resume=resume,
+        run_bundle("nodule", "train", epochs=args.epochs, output_dir=str(work / "train"), resume=resume,
                    **overrides)
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     with PrecisionFallbacks() as fallbacks:
-        run_bundle("lung", "evaluate", overlay, output_dir=str(work / "test"), save_predictions=False, **overrides)
+        run_bundle("nodule", "evaluate", output_dir=str(work / "test"), save_predictions=False, **overrides)
     eval_s = time.perf_counter() - t1
 
     rows = [(r["case"], r["dice"]) for r in read_metric_details(work / "test" / "val_mean_dice_raw.csv")]
     dice = [d for _, d in rows]
-    overlay_cfg = {**json.loads(Path(overlay[0]).read_text()), **extra}
-    fractions = {k: overlay_cfg[k] for k in ("val_fraction", "test_fraction")}
+    fractions = dict(zip(("val_fraction", "test_fraction"),
+                         resolve("nodule", "train", ["val_fraction", "test_fraction"], **overrides)))
     split = {s: lidc_split(data, s, seed=args.seed, max_cases=args.max_cases, **fractions)
              for s in ("train", "val", "test")}
     if len(split["test"]) != len(rows):

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 BUNDLES = {
     "lung": "lung_ct_tumor_segmentation",
     "brain": "brain_mri_tumor_segmentation_2d",
+    "nodule": "lung_nodule_ct_delineation",
 }
 
 WORKFLOW_FILES = {

@@ -24,7 +24,7 @@ from monai_pipeline.io.naming import IMAGE_SUFFIXES, SLICE_SUFFIXES, case_id, fi
 from monai_pipeline.io.slices import is_slice_mask, pair_slices, read_slice, slice_parts
 
 __all__ = ["read_dataset_json", "declared_labels", "msd_datalist", "msd_test_datalist", "gather_paths",
-           "image_datalist", "lidc_datalist", "lidc_split", "slice_folder", "lgg_datalist", "brain_test_images",
+           "image_datalist", "lidc_datalist", "lidc_images", "lidc_split", "slice_folder", "lgg_datalist", "brain_test_images",
            "brain_datalist", "kfold_split", "split_train_val"]
 
 logger = logging.getLogger(__name__)
@@ -294,6 +294,13 @@ def lidc_split(root: str | os.PathLike, split: str = "train", val_fraction: floa
                 raise ValueError(f"split must be 'train', 'val', 'test' or 'all', got {split!r}")
             items = train if split == "train" else val
     return items[: int(max_cases)] if max_cases is not None else items
+
+
+def lidc_images(root: str | os.PathLike, split: str = "test", val_fraction: float = 0.1, test_fraction: float = 0.2,
+                seed: int = 0) -> list[str]:
+    """The crop image paths of one :func:`lidc_split` split (default: the test patients, whom the shipped nodule
+    model never trained on), as an inference datalist."""
+    return [item["image"] for item in lidc_split(root, split, val_fraction, test_fraction, seed)]
 
 
 def slice_folder(folder: str | os.PathLike, validate: bool = True) -> list[dict]:
