@@ -34,6 +34,7 @@ _SUBPACKAGES = ("anatomy", "app", "data", "engine", "errors", "evaluation", "io"
                 "transforms")
 _API = {"segment": "monai_pipeline.app.api", "train": "monai_pipeline.app.api", "evaluate": "monai_pipeline.app.api",
         "import_dicom": "monai_pipeline.app.api", "SegmentationResult": "monai_pipeline.app.api",
+        "delineate": "monai_pipeline.app.api", "DelineationResult": "monai_pipeline.app.api",
         "DataError": "monai_pipeline.errors"}
 # module paths of version 0.1 -> where their contents live now
 ALIASES = {
@@ -48,7 +49,8 @@ ALIASES = {
     "monai_pipeline.synthetic": "monai_pipeline.app.synthetic",
 }
 
-__all__ = ["segment", "train", "evaluate", "import_dicom", "SegmentationResult", "DataError", "__version__"]
+__all__ = ["segment", "train", "evaluate", "import_dicom", "delineate", "SegmentationResult", "DelineationResult",
+           "DataError", "__version__"]
 
 
 class _AliasLoader(importlib.abc.Loader):

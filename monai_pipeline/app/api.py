@@ -10,7 +10,8 @@ Python console included), as often as wanted in one process.
 Each call runs the bundle's own config (``configs/inference.json``, ``train.json``, ``evaluate.json``) through
 MONAI's bundle machinery, exactly as ``python -m monai.bundle run`` would; results come back as return values,
 never through globals. ``import_dicom`` (CT series + RTSTRUCT -> MSD dataset) is
-:func:`monai_pipeline.data.dicom_import.import_dicom`.
+:func:`monai_pipeline.data.dicom_import.import_dicom`; ``delineate`` (nodules of a whole CT from one point each)
+is :func:`monai_pipeline.app.delineate.delineate`.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from monai_pipeline.app.bundles import bundle_dir, resolve, run_bundle
+from monai_pipeline.app.delineate import DelineationResult, delineate
 from monai_pipeline.data.dicom_import import import_dicom
 from monai_pipeline.engine.inference import fatal_os_error
 from monai_pipeline.evaluation.run import evaluate_folders
 
-__all__ = ["segment", "train", "evaluate", "import_dicom", "SegmentationResult"]
+__all__ = ["segment", "train", "evaluate", "import_dicom", "delineate", "SegmentationResult", "DelineationResult"]
 
 
 @dataclass
@@ -110,8 +112,7 @@ def train(dataset_dir: str | os.PathLike, bundle: str = "lung", overlays: Sequen
           distributed: bool = False, tracking: str | None = None, **overrides: Any) -> Path:
     """Validate every file of the training and validation datalists, then run the bundle's train workflow.
 
-    The datalists are the bundle's own (``train_datalist``/``val_datalist``, so an overlay such as
-    ``configs/lidc_nodules.json`` is checked the same way); a bad file raises
+    The datalists are the bundle's own (``train_datalist``/``val_datalist``, after any overlays); a bad file raises
     :class:`~monai_pipeline.errors.DataError` before any output is written. ``overrides`` are bundle config
     ids (``epochs``, ``ckpt_dir``, ``output_dir``, ``resume``, ...).
 

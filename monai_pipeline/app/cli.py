@@ -10,6 +10,7 @@
     monai-pipeline report RUN_DIR                HTML report of an evaluated run: tables, plots, overlays, 3D render
     monai-pipeline export-slicer --image IMG --mask MASK --out DIR   Slicer folder: seg.nrrd, meshes, loader script
     monai-pipeline import-dicom --input TREE --out DIR --label tumour='GTV.*'   CT + RTSTRUCT -> MSD dataset
+    monai-pipeline delineate --image CT --points=x,y,z --coordinate-system LPS --out DIR   nodules from points
 
 Images may be NIfTI, NRRD, MHA or a DICOM series (its folder, FOLDER#SERIES_UID, or one of its files); a DICOM
 source also gets its mask as a DICOM SEG object. DICOM case IDs are pseudonyms (dcm-<hash of the series UID>).
@@ -243,6 +244,20 @@ def cmd_export_slicer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_delineate(args: argparse.Namespace) -> int:
+    from monai_pipeline.app.delineate import delineate
+
+    overrides = _overrides(args)
+    result = delineate(args.image, args.points, args.out, coordinate_system=args.coordinate_system,
+                       model_dir=args.model_dir, bundle=args.bundle, case_id=args.case_id, cap_mm=args.cap_mm,
+                       **overrides)
+    for line in result.summary_lines():
+        print(line)
+    print(f"delineation: {result.folder}  (table: {result.files['table']}; Slicer: {result.files['segmentation']} and "
+          "the .mrk.json lines)")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from monai_pipeline.report import build_report
 
@@ -375,6 +390,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case-id", help="case folder and file name stem (default: the image file name without extension)")
     p.add_argument("--postfix", default="seg", help="postfix of mask names in a mask folder (default: seg)")
     p.set_defaults(func=cmd_export_slicer)
+
+    p = sub.add_parser("delineate", help="nodules of a whole CT from one point each: masks on the CT's grid, RECIST "
+                                         "diameters, Slicer segmentation and line markups")
+    p.add_argument("--image", required=True, help="CT: NIfTI, NRRD, MHA or a DICOM series (folder, FOLDER#UID, a file)")
+    p.add_argument("--points", action="append", required=True, metavar="X,Y,Z|FILE",
+                   help="a point (mm) as --points=x,y,z (the '=' lets negative numbers through; give "
+                        "--coordinate-system) or a 3D Slicer point list .mrk.json (its own coordinate system); "
+                        "repeatable, one point per nodule")
+    p.add_argument("--coordinate-system", type=str.upper, choices=["LPS", "RAS"],
+                   help="system of numeric --points: LPS (DICOM, ITK) or RAS (3D Slicer's display, NIfTI)")
+    p.add_argument("--out", required=True, help="parent folder; the case folder <out>/<case>/ is written whole")
+    p.add_argument("--model-dir", help="folder with model.pt and model.contract.json (default: the bundle's models/)")
+    p.add_argument("--bundle", default="nodule", help="bundle short name or folder (default: nodule)")
+    p.add_argument("--case-id", help="file stem (default: the image's name; a DICOM series' pseudonym)")
+    p.add_argument("--cap-mm", type=float, default=150.0, help="largest crop edge in mm while a lesion grows (150)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a bundle config id")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: GPU when present, else CPU)")
+    p.set_defaults(func=cmd_delineate)
 
     p = sub.add_parser("import-dicom", help="DICOM tree (CT series + RTSTRUCT per patient) -> MSD dataset "
                                             "(imagesTr/labelsTr NIfTI, dataset.json)")

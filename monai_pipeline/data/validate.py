@@ -327,7 +327,8 @@ def read_label_map(image: str | os.PathLike, mask: str | os.PathLike) -> np.ndar
     return arr.astype(np.uint16 if values.size and values.max() > 255 else np.uint8)
 
 
-def check_export_target(case: str, out_dir: Path, inputs: Sequence[Path], manifest: str) -> Path:
+def check_export_target(case: str, out_dir: Path, inputs: Sequence[Path], manifest: str,
+                        tool: str = "export-slicer") -> Path:
     """The case folder ``out_dir/case``, refused when it would be unsafe to (re)place it.
 
     Raises:
@@ -347,7 +348,7 @@ def check_export_target(case: str, out_dir: Path, inputs: Sequence[Path], manife
     if final.is_symlink() or (final.exists() and not final.is_dir()):
         raise DataError(f"{final}: exists and is not a folder; remove it or choose another --out")
     if final.is_dir() and any(final.iterdir()) and not (final / manifest).is_file():
-        raise DataError(f"{final}: exists and was not written by export-slicer (no {manifest}); it is not "
+        raise DataError(f"{final}: exists and was not written by {tool} (no {manifest}); it is not "
                         "replaced: remove it or choose another --out")
     return final
 

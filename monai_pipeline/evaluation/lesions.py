@@ -8,9 +8,8 @@ import numpy as np
 import torch
 from monai.metrics import compute_roc_auc
 from scipy import ndimage
-from scipy.spatial import ConvexHull
-from scipy.spatial.distance import pdist
 
+from monai_pipeline.evaluation.measure import axial_diameters
 
 __all__ = ["lesion_table", "box_iou", "match_lesions", "detection_summary", "presence_summary", "tumour_burden",
            "FROC_RATES"]
@@ -49,17 +48,7 @@ def lesion_table(mask: np.ndarray, affine: np.ndarray, prob: np.ndarray | None =
         lo, hi = coords.min(axis=0), coords.max(axis=0)
         corners = np.array(np.meshgrid(*[[a - 0.5, b + 0.5] for a, b in zip(lo, hi)], indexing="ij")).reshape(m.ndim, -1).T
         world = _to_world(aff, corners)
-        diameter = 0.0
-        axial = coords[:, 2] if m.ndim == 3 else np.zeros(len(coords), int)
-        for k in np.unique(axial):
-            pts = coords[axial == k][:, :2] * spacing[:2]
-            if len(pts) > 1:
-                if len(pts) > 400:  # the farthest pair lies on the convex hull
-                    try:
-                        pts = pts[ConvexHull(pts).vertices]
-                    except Exception:  # noqa: BLE001 - collinear points: keep them all
-                        pass
-                diameter = max(diameter, float(pdist(pts).max()))
+        diameter = axial_diameters(comp if m.ndim == 3 else comp[..., None], aff, axis=2)["long_mm"]
         row = {"id": idx, "component": idx, "voxels": int(len(coords)), "volume_ml": len(coords) * voxel_ml,
                "centroid_vox": [round(float(c), 3) for c in centroid],
                "centroid_ras_mm": [round(float(c), 3) for c in _to_world(aff, centroid[None])[0]],
