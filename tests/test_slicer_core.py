@@ -68,11 +68,13 @@ def _markups(path: Path, kind: str, system: str, points: list[tuple[str, list[fl
     return path
 
 
-def _flip_header_to_ras(src: Path, dest: Path) -> Path:
-    """A copy of an LPS mesh file whose header claims RAS: what a writer mixing up LPS and RAS produces."""
+def _flip_header_space(src: Path, dest: Path) -> Path:
+    """A copy of a mesh file whose header claims the other space (``SPACE=LPS`` <-> ``SPACE=RAS``): what a
+    writer mixing up LPS and RAS produces. The coordinates are untouched."""
     data = src.read_bytes()
-    assert data.count(b"SPACE=LPS") == 1, f"{src} should say SPACE=LPS once in its header"
-    dest.write_bytes(data.replace(b"SPACE=LPS", b"SPACE=RAS"))
+    swap = {b"SPACE=LPS": b"SPACE=RAS", b"SPACE=RAS": b"SPACE=LPS"}
+    tag = next((t for t in swap if t in data), None)
+    dest.write_bytes(data.replace(tag, swap[tag]) if tag else data)
     return dest
 
 
@@ -114,7 +116,7 @@ def files(tmp_path_factory) -> dict:
     for label, stem in ((1, "ph_001_1_tumor"), (2, "ph_001_2_nodule")):
         for ext in ("vtk", "stl"):
             paths[f"mesh{label}_{ext}"] = (folder / f"{stem}.{ext}", "model")
-    paths["mesh1_claims_ras"] = (_flip_header_to_ras(folder / "ph_001_1_tumor.vtk", root / "claims_ras.vtk"), "model")
+    paths["mesh1_claims_ras"] = (_flip_header_space(folder / "ph_001_1_tumor.vtk", root / "claims_ras.vtk"), "model")
 
     p = [("P-1", [10.5, -20.25, 30.0]), ("P-2", [-4.0, 6.0, -8.0])]
     paths["fid_lps"] = (_markups(root / "fid_lps.mrk.json", "Fiducial", "LPS", p), "markups")
