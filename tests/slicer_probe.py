@@ -1,6 +1,6 @@
 """Read files with 3D Slicer's own MRML code (the ``slicer-core`` wheel) and print what Slicer sees, as JSON.
 
-Run it with the Python of ``.venv-slicer`` (``scripts/setup_env.sh`` makes it), never with the main venv:
+Run it with the Python of ``.venv-slicer`` (``scripts/setup_slicer_env.sh`` makes it), never with the main venv:
 slicer-core pins a VTK that conflicts with the main venv's. Standard library + slicer-core (and the numpy
 its VTK brings) only.
 
@@ -10,7 +10,7 @@ stdin when there is none (or it is ``-``). Kinds and the Slicer code that reads 
 own readers make when a file is dropped on the application):
 
 - ``volume`` / ``labelmap``: ``vtkSlicerVolumesLogic.AddArchetypeVolume`` (volume archetype storage node:
-  NRRD, NIfTI, MHA...), options as ``slicer.util.loadVolume`` / ``loadLabelVolume`` default them.
+  NRRD, NIfTI, MHA...), with the labelmap option for ``labelmap`` as ``slicer.util.loadLabelVolume`` sets it.
 - ``segmentation``: ``vtkSlicerSegmentationsModuleLogic.LoadSegmentationFromFile``
   (``vtkMRMLSegmentationStorageNode``, ``.seg.nrrd``).
 - ``model``: ``vtkSlicerModelsLogic.AddModel`` (``vtkMRMLModelStorageNode``; ``.stl``/``.vtk``/``.ply``),
@@ -39,8 +39,10 @@ slicer: Any = None  # slicer-core: Slicer's MRML, logic and I/O libraries withou
 vtk: Any = None
 numpy_support: Any = None
 
-LABELMAP_OPTION = 1  # vtkSlicerVolumesLogic loading option bits, as qSlicerVolumesReader sets them
-AUTO_WINDOW_LEVEL_OPTION = 8  # slicer.util.loadVolume's default (autoWindowLevel=True)
+# vtkSlicerVolumesLogic loading option bits as Slicer's volumes reader sets them from its properties; neither
+# option changes the geometry (the others: 2 centre, 4 single file, 16 discard orientation, all left off)
+LABELMAP_OPTION = 1
+AUTO_WINDOW_LEVEL_OPTION = 8  # on in Slicer's Add Data dialog; it only sets the display window/level
 
 
 def _import_slicer() -> None:
@@ -98,9 +100,9 @@ def _corner_bounds(ijk_to_ras: vtk.vtkMatrix4x4, lo: list[float], hi: list[float
     return [v for axis in range(3) for v in (min(p[axis] for p in pts), max(p[axis] for p in pts))]
 
 
-def _value_bounds(_values: Any, extent: list[int], ijk_to_ras: Any, selected: Any) -> dict:
-    """Count and RAS voxel-centre bounds of the voxels where ``selected`` (a boolean array shaped like
-    ``values``, (k, j, i)) holds; bounds ``None`` when there is none."""
+def _value_bounds(extent: list[int], ijk_to_ras: Any, selected: Any) -> dict:
+    """Count and RAS voxel-centre bounds of the voxels where ``selected`` (a boolean (k, j, i) array over the
+    image ``extent``) holds; bounds ``None`` when there is none."""
     inside = np.argwhere(selected)
     if not len(inside):
         return {"voxels": 0, "ras_bounds": None}
@@ -132,16 +134,17 @@ def read_volume(s: SlicerScene, path: str, labelmap: bool, threshold: float | No
               "ras_bounds": bounds, "storage_node_class": node.GetStorageNode().GetClassName()}
     values, extent = _voxels(image), list(image.GetExtent())
     if threshold is not None:  # where the bright voxels are, in RAS: catches data flipped against its matrix
-        result["above_threshold"] = _value_bounds(values, extent, m, values >= threshold)
+        result["above_threshold"] = _value_bounds(extent, m, values >= threshold)
     if labelmap:
-        result["labels"] = {str(int(v)): _value_bounds(values, extent, m, values == v)
+        result["labels"] = {str(int(v)): _value_bounds(extent, m, values == v)
                             for v in np.unique(values) if v != 0}
     return result
 
 
 def read_segmentation(s: SlicerScene, path: str) -> dict:
     messages = slicer.vtkMRMLMessageCollection()
-    node = s.segmentations.LoadSegmentationFromFile(path, False, "probe_segmentation", None, messages)
+    # autoOpacities=True: the segmentation reader's default (it only sets display opacities)
+    node = s.segmentations.LoadSegmentationFromFile(path, True, "probe_segmentation", None, messages)
     if node is None:
         raise RuntimeError(messages.GetAllMessagesAsString() or "Slicer's segmentations logic returned no node")
     seg = node.GetSegmentation()
@@ -161,7 +164,7 @@ def read_segmentation(s: SlicerScene, path: str) -> dict:
             if geometry is None:
                 geometry = {"ijk_to_ras": _matrix(m), "extent": extent}
             if labelmap.GetPointData().GetScalars() is not None and extent[1] >= extent[0]:
-                entry.update(_value_bounds(None, extent, m, _voxels(labelmap) == segment.GetLabelValue()))
+                entry.update(_value_bounds(extent, m, _voxels(labelmap) == segment.GetLabelValue()))
         segments.append(entry)
     reference = _geometry_string(seg.GetConversionParameter(
         slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()))
