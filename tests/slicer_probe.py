@@ -5,7 +5,8 @@ slicer-core pins a VTK that conflicts with the main venv's. Standard library + s
 its VTK brings) only.
 
 Input: a JSON list of ``{"path": ..., "kind": ...}`` (volumes may add ``"threshold"``: report where the
-voxels at or above it lie) from the file named by the first argument, or from
+voxels at or above it lie; segmentations ``"closed_surface": true``: also make Slicer's closed surface of
+each segment, as its Segmentations module does for 3D display) from the file named by the first argument, or from
 stdin when there is none (or it is ``-``). Kinds and the Slicer code that reads them (the calls Slicer's
 own readers make when a file is dropped on the application):
 
@@ -16,6 +17,7 @@ own readers make when a file is dropped on the application):
 - ``model``: ``vtkSlicerModelsLogic.AddModel`` (``vtkMRMLModelStorageNode``; ``.stl``/``.vtk``/``.ply``),
   coordinate system LPS unless the file's header says ``SPACE=RAS``, as Slicer's model reader does.
 - ``markups``: ``vtkSlicerMarkupsLogic.LoadMarkups`` (markups JSON storage node, ``.mrk.json``).
+- ``colortable``: ``vtkSlicerColorLogic.LoadColorFile`` (colour table storage node, ``.ctbl``/``.txt``).
 
 Output (stdout): ``{"slicer": {...versions and capabilities...}, "results": [...]}``, one result per input
 in order, each ``{"path", "kind", "ok", "error", ...}``. A file Slicer cannot read gives ``ok: false`` and
@@ -141,7 +143,7 @@ def read_volume(s: SlicerScene, path: str, labelmap: bool, threshold: float | No
     return result
 
 
-def read_segmentation(s: SlicerScene, path: str) -> dict:
+def read_segmentation(s: SlicerScene, path: str, closed_surface: bool = False) -> dict:
     messages = slicer.vtkMRMLMessageCollection()
     # autoOpacities=True: the segmentation reader's default (it only sets display opacities)
     node = s.segmentations.LoadSegmentationFromFile(path, True, "probe_segmentation", None, messages)
@@ -154,9 +156,11 @@ def read_segmentation(s: SlicerScene, path: str) -> dict:
         sid = seg.GetNthSegmentID(n)
         segment = seg.GetSegment(sid)
         labelmap = segment.GetRepresentation(rep)  # vtkOrientedImageData, shared by the segments of a layer
+        terminology = vtk.reference("")
         entry = {"id": sid, "name": segment.GetName(), "color": list(segment.GetColor()),
                  "label_value": segment.GetLabelValue(), "layer": seg.GetLayerIndex(sid), "voxels": 0,
-                 "ras_bounds": None}
+                 "ras_bounds": None,
+                 "terminology": str(terminology) if segment.GetTag("TerminologyEntry", terminology) else None}
         if labelmap is not None:
             m = vtk.vtkMatrix4x4()
             labelmap.GetImageToWorldMatrix(m)
@@ -166,11 +170,20 @@ def read_segmentation(s: SlicerScene, path: str) -> dict:
             if labelmap.GetPointData().GetScalars() is not None and extent[1] >= extent[0]:
                 entry.update(_value_bounds(extent, m, _voxels(labelmap) == segment.GetLabelValue()))
         segments.append(entry)
+    if closed_surface:  # Slicer's own labelmap -> surface conversion, with the parameters stored in the file
+        if not node.CreateClosedSurfaceRepresentation():
+            raise RuntimeError("Slicer could not make the closed surface representation")
+        for entry in segments:
+            poly = seg.GetSegment(entry["id"]).GetRepresentation(
+                slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName())
+            entry["closed_surface"] = {"points": poly.GetNumberOfPoints() if poly else 0,
+                                       "ras_bounds": list(poly.GetBounds()) if poly and poly.GetNumberOfPoints() else None}
     reference = _geometry_string(seg.GetConversionParameter(
         slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()))
     return {"node_class": node.GetClassName(), "storage_node_class": node.GetStorageNode().GetClassName(),
             "source_representation": seg.GetSourceRepresentationName(), "layers": seg.GetNumberOfLayers(),
-            "segments": segments, "geometry": geometry, "reference_image_geometry": reference}
+            "segments": segments, "geometry": geometry, "reference_image_geometry": reference,
+            "smoothing_factor": seg.GetConversionParameter("Smoothing factor")}
 
 
 def _geometry_string(text: str) -> dict | None:
@@ -216,12 +229,27 @@ def read_markups(s: SlicerScene, path: str) -> dict:
     return result
 
 
+def read_color_table(s: SlicerScene, path: str) -> dict:
+    node = s.colors.LoadColorFile(path, "probe_colors")
+    if node is None:
+        raise RuntimeError("Slicer's colors logic could not read the colour table")
+    entries = []
+    for value in range(node.GetNumberOfColors()):
+        if node.GetColorDefined(value):
+            rgba = [0.0] * 4
+            node.GetColor(value, rgba)
+            entries.append({"value": value, "name": node.GetColorName(value), "rgba": rgba})
+    return {"node_class": node.GetClassName(), "storage_node_class": node.GetStorageNode().GetClassName(),
+            "colors": entries}
+
+
 READERS: dict[str, Callable[..., dict]] = {
     "volume": lambda s, p, **kw: read_volume(s, p, labelmap=False, **kw),
     "labelmap": lambda s, p, **kw: read_volume(s, p, labelmap=True, **kw),
     "segmentation": read_segmentation,
     "model": read_model,
     "markups": read_markups,
+    "colortable": read_color_table,
 }
 
 
@@ -247,7 +275,11 @@ def read_all(files: list[dict]) -> Iterator[dict]:
         try:
             if kind not in READERS:
                 raise ValueError(f"unknown kind {kind!r}: use one of {sorted(READERS)}")
-            options = {"threshold": float(item["threshold"])} if item.get("threshold") is not None else {}
+            options: dict[str, Any] = {}
+            if item.get("threshold") is not None:
+                options["threshold"] = float(item["threshold"])
+            if item.get("closed_surface"):
+                options["closed_surface"] = True
             result.update(READERS[kind](scene, path, **options))
             result["ok"] = True
         except Exception as err:  # noqa: BLE001 - every failure is reported for its file

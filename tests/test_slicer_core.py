@@ -24,6 +24,7 @@ from conftest import ROOT, shared
 from monai_pipeline.io.images import ImageProperties, lps_to_ras, read_properties, write_image, write_mask_like
 from monai_pipeline.io.terminology import KNOWN_SEGMENTS
 from monai_pipeline.slicer.export import export_slicer
+from monai_pipeline.slicer.segmentation import SLICER_SMOOTHING
 
 SLICER_PYTHON = ROOT / ".venv-slicer" / "bin" / "python"
 PROBE = Path(__file__).resolve().parent / "slicer_probe.py"
@@ -114,6 +115,7 @@ def files(tmp_path_factory) -> dict:
     paths = out["paths"]
     paths["mask_nii"] = (folder / "ph_001_seg.nii.gz", "labelmap")
     paths["seg"] = (folder / "ph_001.seg.nrrd", "segmentation")
+    paths["colors"] = (folder / "ph_001_colors.ctbl", "colortable")
     for label, stem in ((1, "ph_001_1_tumor"), (2, "ph_001_2_nodule")):
         for ext in ("vtk", "stl"):
             paths[f"mesh{label}_{ext}"] = (folder / f"{stem}.{ext}", "model")
@@ -160,6 +162,7 @@ def slicer(slicer_python, files, tmp_path_factory) -> dict:
     for item in request:
         if item["kind"] == "volume":
             item["threshold"] = -200.0  # phantom lesions are ~ +200 HU, the rest ~ -700 HU
+    request[keys.index("seg")]["closed_surface"] = True
     listing = tmp_path_factory.mktemp("probe") / "files.json"
     listing.write_text(json.dumps(request))
     proc = subprocess.run([str(python), str(PROBE), str(listing)], capture_output=True, text=True, timeout=300)
@@ -275,6 +278,8 @@ def test_seg_nrrd_segments_in_slicer(slicer, files):
     assert seg["source_representation"] == "Binary labelmap"
     got = [(s["id"], s["name"], s["label_value"], s["layer"]) for s in seg["segments"]]
     assert got == [("Segment_1", "tumor", 1, 0), ("Segment_2", "nodule", 2, 0)]
+    assert float(seg["smoothing_factor"]) == pytest.approx(SLICER_SMOOTHING)
+    assert "^108369006^Neoplasm" in seg["segments"][0]["terminology"]  # SNOMED CT, as Slicer shows it
     for s in seg["segments"]:
         np.testing.assert_allclose(s["color"], KNOWN_SEGMENTS[s["name"]][0], atol=1e-5)
         assert s["voxels"] == int((files["labels"] == s["label_value"]).sum()) > 0
@@ -306,6 +311,27 @@ def test_meshes_lie_on_their_lesions_in_slicer(slicer, label, ext):
     # oblique lesion is larger than the surface's, but both are centred on it
     centre = lambda b: np.asarray(b).reshape(3, 2).mean(axis=1)  # noqa: E731
     assert np.linalg.norm(centre(mesh["ras_bounds"]) - centre(segment["ras_bounds"])) < 0.5 * np.linalg.norm(SPACING)
+
+
+@pytest.mark.parametrize("label", [1, 2])
+def test_meshes_match_slicers_own_closed_surface(slicer, label):
+    """Slicer's labelmap -> closed surface conversion of our .seg.nrrd (its stored parameters) and our mesh
+    files as Slicer loads them have the same RAS bounds to within 1 mm."""
+    surface = slicer["seg"]["segments"][label - 1]["closed_surface"]
+    assert surface["points"] > 50
+    for ext in ("vtk", "stl"):
+        np.testing.assert_allclose(slicer[f"mesh{label}_{ext}"]["ras_bounds"], surface["ras_bounds"], atol=1.0)
+
+
+def test_colour_table_reads_with_our_names_and_colours(slicer):
+    table = _ok(slicer["colors"])
+    assert table["storage_node_class"] == "vtkMRMLColorTableStorageNode"
+    got = {c["value"]: c for c in table["colors"]}
+    assert sorted(got) == [0, 1, 2] and got[0]["name"] == "background"
+    for s in slicer["seg"]["segments"]:
+        assert got[s["label_value"]]["name"] == s["name"]
+        np.testing.assert_allclose(got[s["label_value"]]["rgba"][:3], s["color"], atol=1 / 255)
+        assert got[s["label_value"]]["rgba"][3] == 1.0
 
 
 def test_a_mesh_flipped_between_lps_and_ras_is_caught(slicer):
