@@ -23,4 +23,4 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! "$VPY" -c "import 
     echo "$want" > "$stamp"
 fi
 # optional second venv with 3D Slicer's own readers (never fails the setup)
-"$(dirname "$0")/setup_slicer_env.sh" || echo "[setup] WARNING: scripts/setup_slicer_env.sh failed; the Slicer reader tests will skip"
+bash scripts/setup_slicer_env.sh || echo "[setup] WARNING: scripts/setup_slicer_env.sh failed; the Slicer reader tests will skip"
