@@ -22,3 +22,5 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! "$VPY" -c "import 
     "$VPY" -m pip install --quiet -e ".[dev]"
     echo "$want" > "$stamp"
 fi
+# optional second venv with 3D Slicer's own readers (never fails the setup)
+bash scripts/setup_slicer_env.sh || echo "[setup] WARNING: scripts/setup_slicer_env.sh failed; the Slicer reader tests will skip"
