@@ -24,6 +24,7 @@ from conftest import ROOT, shared
 from monai_pipeline.io.images import ImageProperties, lps_to_ras, read_properties, write_image, write_mask_like
 from monai_pipeline.io.terminology import KNOWN_SEGMENTS
 from monai_pipeline.slicer.export import export_slicer
+from monai_pipeline.slicer.markups import write_line, write_points
 from monai_pipeline.slicer.segmentation import SLICER_SMOOTHING
 
 SLICER_PYTHON = ROOT / ".venv-slicer" / "bin" / "python"
@@ -128,6 +129,11 @@ def files(tmp_path_factory) -> dict:
     paths["line_lps"] = (_markups(root / "line_lps.mrk.json", "Line", "LPS", line), "markups")
     paths["line_ras"] = (_markups(root / "line_ras.mrk.json", "Line", "RAS", line), "markups")
     out["markup_points"], out["line_points"] = p, line
+    # our own writer (monai_pipeline.slicer.markups): points given in LPS, stored in LPS or in RAS; a line
+    lps = np.array([q for _, q in p])
+    paths["our_fid_lps"] = (write_points(root / "our_fid_lps.mrk.json", lps, [n for n, _ in p], "LPS"), "markups")
+    paths["our_fid_ras"] = (write_points(root / "our_fid_ras.mrk.json", lps, [n for n, _ in p], "RAS"), "markups")
+    paths["our_line"] = (write_line(root / "our_line.mrk.json", "nodule 1 long axis", *[q for _, q in line]), "markups")
 
     # files Slicer cannot read: each must be reported as such, and the probe must go on
     (root / "garbage.nrrd").write_text("NRRD0004\nthis is not a header\n")
@@ -390,8 +396,7 @@ def test_real_chest_export_reads_in_slicer_like_slicers_own(slicer, files):
 # ------------------------------------------------------------------------------------------------ markups
 def test_markups_json_fiducials_and_lines_lps_and_ras(slicer, files):
     """Hand-written markups files (Slicer's schema v1.0.3) in LPS and RAS: Slicer converts LPS to RAS.
-    Our own markups writer (``monai_pipeline/slicer/markups.py``) is not on this branch yet; once it is, add
-    its files to the ``files`` fixture with kind "markups" and check them the same way."""
+    Our own writer's files are checked in the next test."""
     to_ras = np.array([-1.0, -1.0, 1.0])
     for key, cls, given, factor in (("fid_lps", "vtkMRMLMarkupsFiducialNode", files["markup_points"], to_ras),
                                     ("fid_ras", "vtkMRMLMarkupsFiducialNode", files["markup_points"], 1.0),
@@ -405,6 +410,25 @@ def test_markups_json_fiducials_and_lines_lps_and_ras(slicer, files):
             assert r["line_length"] == pytest.approx(13.0, abs=1e-9)
     # negative: the LPS file is not read as if it were RAS
     assert not np.allclose(slicer["fid_lps"]["control_points_ras"], slicer["fid_ras"]["control_points_ras"])
+
+
+def test_our_markups_writer_reads_in_slicer(slicer, files):
+    """``write_points`` (stored in LPS or RAS) and ``write_line`` (LPS): Slicer places every point at the LPS
+    position we gave, seen in its RAS scene, and measures the line as we do."""
+    from monai_pipeline.slicer.markups import read_points
+
+    to_ras = np.array([-1.0, -1.0, 1.0])
+    given = np.array([q for _, q in files["markup_points"]])
+    for key in ("our_fid_lps", "our_fid_ras"):
+        r = _ok(slicer[key])
+        assert r["node_class"] == "vtkMRMLMarkupsFiducialNode"
+        assert r["labels"] == [n for n, _ in files["markup_points"]]
+        np.testing.assert_allclose(r["control_points_ras"], given * to_ras, atol=1e-3)
+        np.testing.assert_allclose(read_points(files["paths"][key][0]).lps, given, atol=1e-3)  # and back in
+    r = _ok(slicer["our_line"])
+    assert r["node_class"] == "vtkMRMLMarkupsLineNode"
+    np.testing.assert_allclose(r["control_points_ras"], np.array([q for _, q in files["line_points"]]) * to_ras, atol=1e-3)
+    assert r["line_length"] == pytest.approx(13.0, abs=1e-3)
 
 
 # ------------------------------------------------------------------------------------------------ failures
