@@ -33,13 +33,16 @@ class ResampleToSourced(MapTransform):
         keys: prediction key(s): logits ``(C, I', J', K')`` on the network grid (a ``MetaTensor``).
         source_key: the image key whose metadata describes the source grid.
         softmax: the prediction holds logits (True) or probabilities (False).
+        threshold: the foreground probability a voxel needs (two classes); ``None`` returns the interpolated
+            probability itself (float32), for threshold studies.
 
-    Output: ``(1, I, J, K)`` uint8 labels on the source grid, in the loaded voxel order.
+    Output: ``(1, I, J, K)`` uint8 labels (or float32 probabilities) on the source grid, in the loaded voxel order.
     """
 
-    def __init__(self, keys: KeysCollection = "pred", source_key: str = "image", softmax: bool = True) -> None:
+    def __init__(self, keys: KeysCollection = "pred", source_key: str = "image", softmax: bool = True,
+                 threshold: float | None = 0.5) -> None:
         super().__init__(keys)
-        self.source_key, self.softmax = source_key, softmax
+        self.source_key, self.softmax, self.threshold = source_key, softmax, threshold
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
@@ -70,7 +73,7 @@ class ResampleToSourced(MapTransform):
             vol = x.argmax(0).numpy().astype(np.uint8)
             linear = False
         vol = np.transpose(vol, perm)  # now axis a of vol runs along source axis a
-        out = np.zeros(shape, np.uint8)
+        out = np.zeros(shape, np.float32 if linear and self.threshold is None else np.uint8)
         coords, box = [], []
         for a in range(3):
             c = rot[perm[a], a] * np.arange(shape[a]) + m[perm[a], 3]
@@ -81,7 +84,10 @@ class ResampleToSourced(MapTransform):
             coords.append(c[inside[0]: inside[-1] + 1])
         for a in range(3):
             vol = _resample_axis(vol, coords[a], a, linear)
-        out[tuple(box)] = (vol > 0.5) if linear else vol
+        if linear:
+            out[tuple(box)] = vol if self.threshold is None else (vol > self.threshold)
+        else:
+            out[tuple(box)] = vol
         return out
 
 
