@@ -213,6 +213,11 @@ def test_inference_without_weights_says_what_to_do_on_every_face(tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {empty / 'model.pt'}: {NO_MODEL}"), err
     assert "configs/train.json" in err[0] and "--ckpt-dir" in err[0] and not out.exists()
+    # without --ckpt-dir: the bundle's own models/ (what it ships; nothing, for this bundle)
+    assert cli.main(["infer", "--images", image, "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {LUNG_BUNDLE / 'models' / 'model.pt'}: {NO_MODEL}"), err
+    assert not out.exists()
 
     out = tmp_path / "api"
     with pytest.raises(DataError, match=f"{NO_MODEL}.*ckpt_dir"):
