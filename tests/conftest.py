@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (ROOT.parent / "shared" / "data").resolve()
 LUNG_BUNDLE = ROOT / "bundles" / "lung_ct_tumor_segmentation"
 BRAIN_BUNDLE = ROOT / "bundles" / "brain_mri_tumor_segmentation_2d"
+NODULE_BUNDLE = ROOT / "bundles" / "lung_nodule_ct_delineation"
 VENV_BIN = Path(sys.executable).parent
 
 # `--config_file` of each workflow, run from a bundle folder (as monai_pipeline.app.bundles.WORKFLOW_FILES):

@@ -323,3 +323,20 @@ def test_real_brats_volume_through_the_slice_model(brain_trained, tmp_path):
     g = np.asarray(nib.load(str(case / "OTMultiClass.nii.gz")).dataobj) > 0
     expected = 2 * np.logical_and(p, g).sum() / (p.sum() + g.sum())
     assert dice_monai == pytest.approx(expected, abs=1e-5)
+
+
+def test_cli_infer_uses_the_shipped_model_by_default(tmp_path):
+    """``monai-pipeline infer --bundle brain`` without --ckpt-dir segments with the weights the bundle ships (its
+    models/, the bundle's own ckpt_dir default), taking channels [1] and 256 x 256 from their contract."""
+    from PIL import Image
+
+    patient = shared("lgg_kaggle_3m", "TCGA_HT_7874_19950902")
+    if not (BRAIN_BUNDLE / "models" / "model.pt").is_file():
+        raise AssertionError(f"{BRAIN_BUNDLE}/models/model.pt is missing: the brain bundle ships its weights")
+    image = patient / "TCGA_HT_7874_19950902_12.tif"  # a slice with tumour
+    proc = run_cmd([str(VENV_BIN / "monai-pipeline"), "infer", "--bundle", "brain", "--images", str(image),
+                    "--output-dir", str(tmp_path), "--set", "num_workers=0"], cwd=tmp_path)
+    assert "channels=[1]" in proc.stdout + proc.stderr  # the contract's channels, logged as used
+    mask = np.asarray(Image.open(tmp_path / f"{image.stem}_mask.png")) > 0
+    truth = np.asarray(Image.open(patient / f"{image.stem}_mask.tif")) > 0
+    assert truth.any() and 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.5

@@ -190,3 +190,69 @@ def test_ckpt_export_torchscript_matches_checkpoint(trained):
     x = torch.randn(1, 1, 32, 32, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         np.testing.assert_allclose(ts(x).numpy(), net(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- no model.pt
+NO_MODEL = "no trained model here; train first"
+
+
+def test_inference_without_weights_says_what_to_do_on_every_face(tmp_path, capsys):
+    """The whole-CT lung bundle ships no weights: inference through the CLI, the Python API and ``python -m
+    monai.bundle run`` from a copy of the bundle folder stops with the one-line DataError of
+    monai_pipeline.data.check_model_weights (train first: the command; or --ckpt-dir / ckpt_dir) and writes nothing."""
+    from monai_pipeline import segment
+    from monai_pipeline.app import cli
+    from monai_pipeline.errors import DataError
+
+    assert not (LUNG_BUNDLE / "models" / "model.pt").exists(), "the lung bundle now ships weights: update this test"
+    image = str(shared("totalsegmentator_examples", "example_ct_sm.nii.gz"))
+    empty = tmp_path / "no_models"
+
+    out = tmp_path / "cli"
+    assert cli.main(["infer", "--images", image, "--ckpt-dir", str(empty), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {empty / 'model.pt'}: {NO_MODEL}"), err
+    assert "configs/train.json" in err[0] and "--ckpt-dir" in err[0] and not out.exists()
+    # without --ckpt-dir: the bundle's own models/ (what it ships; nothing, for this bundle)
+    assert cli.main(["infer", "--images", image, "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {LUNG_BUNDLE / 'models' / 'model.pt'}: {NO_MODEL}"), err
+    assert not out.exists()
+
+    out = tmp_path / "api"
+    with pytest.raises(DataError, match=f"{NO_MODEL}.*ckpt_dir"):
+        segment(image, empty, out)
+    assert not out.exists()
+
+    copy = tmp_path / LUNG_BUNDLE.name
+    shutil.copytree(LUNG_BUNDLE, copy, ignore=shutil.ignore_patterns("models", "eval", "data"))
+    proc = run_cmd(bundle("run", "--config_file", CFG_INFER, "--datalist", json.dumps([image])), cwd=copy, check=False)
+    assert proc.returncode == 1  # MONAI's own entry point: an uncaught exception (its config wraps it in a RuntimeError)
+    assert f"monai_pipeline.errors.DataError: models/model.pt: {NO_MODEL}" in proc.stderr
+    assert sorted(p.name for p in copy.iterdir()) == ["LICENSE", "configs", "docs"]  # no eval/, no models/
+
+
+def test_check_model_weights(tmp_path):
+    from monai_pipeline.data import check_model_weights
+    from monai_pipeline.errors import DataError
+
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'model.pt'}: {NO_MODEL}.*train --bundle lung_ct"):
+        check_model_weights(tmp_path, LUNG_BUNDLE)
+    check_model_weights(tmp_path, LUNG_BUNDLE, needed="false")  # load_pretrain false: nothing to load
+    (tmp_path / "model.pt").write_bytes(b"")
+    check_model_weights(tmp_path, LUNG_BUNDLE)
+
+
+def test_a_model_of_another_bundle_is_refused_naming_both(tmp_path):
+    """The brain bundle's shipped model given to the lung bundle: refused by its contract, both bundles named."""
+    from monai_pipeline import segment
+    from monai_pipeline.errors import DataError
+
+    brain_models = ROOT / "bundles" / "brain_mri_tumor_segmentation_2d" / "models"
+    if not (brain_models / "model.pt").is_file():
+        pytest.skip(f"{brain_models}/model.pt absent (the brain bundle's shipped weights)")
+    image = str(shared("totalsegmentator_examples", "example_ct_sm.nii.gz"))
+    with pytest.raises(DataError, match=r"model\.contract\.json: bundle \"Lung CT tumour segmentation.*\" given, the "
+                                        r"model's contract has \"Brain MRI tumour segmentation \(2D\)\""):
+        segment(image, brain_models, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

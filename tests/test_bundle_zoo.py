@@ -1,4 +1,4 @@
-"""The MONAI Model Zoo's acceptance checks of a bundle, written again here so that they run offline, on both bundles.
+"""The MONAI Model Zoo's acceptance checks of a bundle, written again here so that they run offline, on every bundle.
 
 What the Model Zoo runs on a bundle pull request (Project-MONAI/model-zoo: ``ci/verify_bundle.py`` in ``full``
 mode, ``ci/unit_tests/``, and the keys CONTRIBUTING.md asks for), and where each is checked here:
@@ -17,14 +17,22 @@ mode, ``ci/unit_tests/``, and the keys CONTRIBUTING.md asks for), and where each
 - ``ckpt_export`` of ``models/model.pt`` to TorchScript, loaded back: ``test_ckpt_export``
 - the train config's keys (CONTRIBUTING.md) and each workflow's merged files: ``test_workflow_configs``,
   ``test_train_and_validation_preprocessing_keep_the_label``; the repository's overlays: ``test_overlays_merge``
+- what MONAI Label's ``BundleInferTask`` reads of a bundle (``inference.json`` alone through ``ConfigParser``:
+  ``network_def``, ``preprocessing``, ``inferer``, ``postprocessing``, run by hand on a volume):
+  ``test_inference_json_parts_segment_a_volume``
 
 Not run here: downloads (``large_files.yml``, the official schema the metadata names: the schema shipped in
 ``bundles/schemas`` stands in for it), the Zoo's ``model_info.json`` registry of published versions (a version
 already published is refused there), TensorRT export (CUDA and TensorRT), multi-GPU unit tests, and the code-format
 checks of ``.py`` files inside a bundle (these bundles hold none).
 
-The bundles ship no weights, so the checks run on a copy of each bundle given a ``models/model.pt``: the state dict
-of ``network_def`` built from ``inference.json`` alone (what the Zoo's ``_produce_fake_weights`` does).
+The checks that need weights run on a copy of each bundle as shipped: with its own ``models/model.pt`` and
+``model.contract.json`` where it ships them (``SHIPPING``: the brain bundle; the nodule bundle as soon as its model
+lands), otherwise (the whole-CT lung bundle) given a ``models/model.pt``: the state dict of ``network_def`` built
+from ``inference.json`` alone (what the Zoo's ``_produce_fake_weights`` does) with a contract written by the
+package's contract writer. ``test_shipped_weights`` and ``test_eval_metrics_are_measured`` check what ships;
+``test_nodule_bundle_is_the_lung_bundle_but_its_declared_ids`` keeps the nodule bundle's copy of the lung bundle's
+configs from drifting.
 """
 
 from __future__ import annotations
@@ -43,12 +51,22 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BRAIN_BUNDLE, LUNG_BUNDLE, ROOT
+from conftest import BRAIN_BUNDLE, LUNG_BUNDLE, NODULE_BUNDLE, ROOT, shared
 
 # verify_metadata finds the schema already in place and says it has no hash to check it against
 pytestmark = pytest.mark.filterwarnings("ignore:No hash value provided")
 
-BUNDLES = {"lung": LUNG_BUNDLE, "brain": BRAIN_BUNDLE}
+BUNDLES = {"lung": LUNG_BUNDLE, "brain": BRAIN_BUNDLE, "nodule": NODULE_BUNDLE}
+
+
+def ships_weights(bundle: Path) -> bool:
+    """The bundle ships trained weights (``models/model.pt``, the file the Zoo's verify_bundle requires)."""
+    return (bundle / "models" / "model.pt").is_file()
+
+
+# the bundles that ship weights: every check that needs weights runs on their own model.pt (the nodule bundle joins
+# as soon as its models/model.pt lands)
+SHIPPING = sorted(name for name, path in BUNDLES.items() if ships_weights(path))
 SCHEMA = ROOT / "bundles" / "schemas" / "meta_schema.json"
 NECESSARY_FILES = ["configs/metadata.json", "LICENSE"]
 PREFERRED_FILES = ["models/model.pt", "configs/inference.json"]
@@ -65,8 +83,19 @@ TRAIN_KEYS = ["bundle_root", "device", "dataset_dir", "output_dir", "val_interva
               "validate#evaluator", "validate#handlers", "validate#dataset", "validate#dataset#data",
               "validate#preprocessing", "validate#postprocessing", "validate#inferer", "validate#key_metric"]
 # sizes that make a run take seconds (as conftest.TINY and BRAIN_TINY)
+# (shipped weights bind their own spacing or image size: a bundle that ships weights runs with its model's)
 SMALL = {"lung": {"patch_size": [32, 32, 16], "pixdim": [4.0, 4.0, 5.0], "num_workers": 0, "sw_batch_size": 2},
          "brain": {"image_size": [64, 64], "num_workers": 0}}
+SMALL["nodule"] = SMALL["lung"]
+
+
+def small(name: str) -> dict:
+    """SMALL of a bundle, less the settings its shipped model's contract binds."""
+    bundle = BUNDLES[name]
+    if not ships_weights(bundle):
+        return dict(SMALL[name])
+    bound = json.loads((bundle / "models" / "model.contract.json").read_text())["binding"]
+    return {k: v for k, v in SMALL[name].items() if k not in bound}
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -192,18 +221,41 @@ def in_process_workflow():
 
 
 # --------------------------------------------------------------------------------------- fixtures
+def _shipped_files(folder: str, names: list[str]) -> list[str]:
+    """copytree's ignore: run outputs (eval/, data/) and anything in models/ but the shipped model and contract."""
+    if Path(folder).name == "models":
+        return [n for n in names if n not in ("model.pt", "model.contract.json")]
+    return [n for n in names if n in ("eval", "data")]
+
+
+def copy_bundle(name: str, dest: Path) -> Path:
+    """A copy of bundle ``name`` as shipped: configs, docs, LICENSE and the shipped models/model.pt and contract."""
+    shutil.copytree(BUNDLES[name], dest, ignore=_shipped_files)
+    return dest
+
+
+def give_fake_weights(bundle: Path, **overrides) -> None:
+    """``models/model.pt`` for a bundle without weights: network_def's initial weights built from inference.json
+    alone (the Zoo's ``_produce_fake_weights``), with a contract written by the package's own contract writer (as
+    training writes it, recording ``overrides``' spacing and window)."""
+    from monai_pipeline.engine import new_contract, write_contract
+
+    parser = inference_parser(bundle, **overrides)
+    if "network_def" not in parser:  # verify_bundle's "missing expected key in the config: network_def"
+        pytest.fail(f"{bundle.name}: configs/inference.json alone has no network_def")
+    torch.manual_seed(0)
+    settings = parser.get_parsed_content("contract_settings")
+    (bundle / "models").mkdir()
+    torch.save(settings["binding"]["network_def"].state_dict(), bundle / "models" / "model.pt")
+    write_contract(bundle / "models" / "model.pt", new_contract(settings, bundle))
+
+
 @pytest.fixture(scope="module", params=sorted(BUNDLES))
 def zoo_bundle(request, tmp_path_factory) -> Path:
-    """A copy of the bundle with a ``models/model.pt``: network_def's initial weights, built from inference.json."""
-    dest = tmp_path_factory.mktemp("zoo") / BUNDLES[request.param].name
-    shutil.copytree(BUNDLES[request.param], dest, ignore=shutil.ignore_patterns("models", "eval", "data"))
-    parser = inference_parser(dest)
-    if "network_def" not in parser:  # verify_bundle's "missing expected key in the config: network_def"
-        pytest.fail(f"{dest.name}: configs/inference.json alone has no network_def")
-    torch.manual_seed(0)
-    net = parser.get_parsed_content("network_def")
-    (dest / "models").mkdir()
-    torch.save(net.state_dict(), dest / "models" / "model.pt")
+    """A copy of the bundle with a ``models/model.pt``: the one it ships, else fake weights (:func:`give_fake_weights`)."""
+    dest = copy_bundle(request.param, tmp_path_factory.mktemp("zoo") / BUNDLES[request.param].name)
+    if not ships_weights(dest):
+        give_fake_weights(dest, **SMALL[request.param])
     return dest
 
 
@@ -219,8 +271,29 @@ def zoo_brain_slices(tmp_path_factory) -> Path:
     return write_brain_slices(tmp_path_factory.mktemp("zoo_lgg") / "lgg", num_patients=2, seed=5, num_slices=4)
 
 
+@pytest.fixture(scope="module")
+def tiny_lidc(tmp_path_factory) -> Path:
+    """The first 10 real LIDC-IDRI nodule crops (10 patients) in the lidc_nodules layout (index.csv + crops)."""
+    import csv
+
+    source = shared("lidc_nodules", "index.csv")
+    out = tmp_path_factory.mktemp("lidc") / "lidc_nodules"
+    out.mkdir()
+    with open(source, newline="") as fh:
+        rows = list(csv.DictReader(fh))[:10]
+    with open(out / "index.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    for row in rows:
+        for key in ("image", "mask"):
+            shutil.copy(source.parent / row[key], out / row[key])
+    return out
+
+
 def dataset_for(bundle: Path, request) -> Path:
-    return request.getfixturevalue("tiny_msd" if short_name(bundle) == "lung" else "zoo_brain_slices")
+    return request.getfixturevalue({"lung": "tiny_msd", "brain": "zoo_brain_slices", "nodule": "tiny_lidc"}[
+        short_name(bundle)])
 
 
 # --------------------------------------------------------------------------------------- verify_bundle
@@ -243,6 +316,43 @@ def test_version_and_changelog(zoo_bundle):
     as_tuple = lambda v: tuple(int(x) for x in v.split("."))  # noqa: E731
     assert as_tuple(meta["version"]) == max(map(as_tuple, meta["changelog"])), "the version is not the newest entry"
     assert all(isinstance(text, str) and text.strip() for text in meta["changelog"].values())
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLES))
+def test_eval_metrics_are_measured(name):
+    """A bundle that ships weights states figures measured with them: every number in ``eval_metrics`` is the
+    result file's (``source``, in benchmarks/results) rounded to 3 places, none is null. Only a bundle without
+    weights may leave its figure null, with a ``note`` that says why."""
+    meta = json.loads((BUNDLES[name] / "configs" / "metadata.json").read_text())
+    metrics = meta["eval_metrics"]
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if not ships_weights(BUNDLES[name]):
+        assert all(v is None for k, v in metrics.items() if k not in ("note", "source", "protocol", "device")), metrics
+        assert "no weights" in metrics.get("note", "") or "not shipped" in metrics.get("note", ""), metrics
+        return
+    assert numbers and not [k for k, v in metrics.items() if v is None], f"{name}: ships weights, eval_metrics {metrics}"
+    result = json.loads((ROOT / metrics["source"]).read_text())
+    for key, value in numbers.items():
+        assert round(result[key], 3) == value, (key, value, result[key])
+    assert metrics["protocol"] and metrics["device"]
+
+
+@pytest.mark.parametrize("name", SHIPPING)
+def test_shipped_weights(name):
+    """What a bundle ships in models/: model.pt (Zoo limit 25 MB) and its contract, the contract's sha256 that of
+    the weights, written for this bundle; read_contract accepts it and the network loads it strictly."""
+    from monai_pipeline.engine import read_contract
+
+    models = BUNDLES[name] / "models"
+    assert (models / "model.pt").stat().st_size < ZOO_FILE_LIMIT
+    contract = read_contract(models)  # DataError when the sha256 is not that of model.pt
+    assert contract is not None, f"{models}: model.pt ships without model.contract.json"
+    meta = json.loads((BUNDLES[name] / "configs" / "metadata.json").read_text())
+    assert contract.data["bundle"]["name"] == meta["name"]
+    net = inference_parser(BUNDLES[name]).get_parsed_content("network_def")
+    net.load_state_dict(torch.load(models / "model.pt", map_location="cpu", weights_only=True), strict=True)
+    # the metadata describes the shipped model's input (verify_net_in_out feeds it)
+    assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == contract.settings["network_def"]["in_channels"]
 
 
 def test_metadata_schema(zoo_bundle):
@@ -291,7 +401,7 @@ def test_inference_workflow_runs_alone(zoo_bundle, request, tmp_path):
             meta_file=str(zoo_bundle / "configs" / "metadata.json"),
             logging_file=str(zoo_bundle / "configs" / "logging.conf"),
             bundle_root=str(zoo_bundle), dataset_dir=str(dataset), output_dir=str(out),
-            **SMALL[short_name(zoo_bundle)],
+            **small(short_name(zoo_bundle)),
         )
         workflow.initialize()
         assert workflow.check_properties() == []
@@ -299,10 +409,13 @@ def test_inference_workflow_runs_alone(zoo_bundle, request, tmp_path):
         workflow.run()
         workflow.finalize()
 
-    if short_name(zoo_bundle) == "lung":
+    if short_name(zoo_bundle) in ("lung", "nodule"):
         import nibabel as nib
 
-        sources = sorted((dataset / "imagesTs").glob("*.nii.gz"))
+        from monai_pipeline.data import lidc_images
+
+        sources = (sorted((dataset / "imagesTs").glob("*.nii.gz")) if short_name(zoo_bundle) == "lung"
+                   else [Path(p) for p in lidc_images(dataset)])  # the nodule bundle: the test patients' crops
         assert sources
         for src in sources:
             mask = nib.load(str(out / src.name.replace(".nii.gz", "_seg.nii.gz")))
@@ -317,6 +430,47 @@ def test_inference_workflow_runs_alone(zoo_bundle, request, tmp_path):
             mask = Image.open(out / f"{src.stem}_mask.png")
             assert mask.size == Image.open(src).size
             assert set(np.unique(np.asarray(mask))) <= {0, 255}
+
+
+def test_inference_json_parts_segment_a_volume(zoo_bundle, request, tmp_path):
+    """What MONAI Label's ``BundleInferTask`` reads of a bundle, with MONAI alone (monailabel 0.8.5 does not import
+    beside torch 2.13.0 here: its torchvision import fails): ``configs/inference.json`` alone through ConfigParser
+    gives ``network_def`` (loaded with models/model.pt), ``preprocessing``, ``inferer`` and ``postprocessing``, which,
+    run by hand on one input as a dict ``{"image": path}``, write its mask on the input's own grid."""
+    from monai.data import decollate_batch, list_data_collate
+
+    name = short_name(zoo_bundle)
+    dataset = dataset_for(zoo_bundle, request)
+    if name == "lung":
+        source = sorted((dataset / "imagesTs").glob("*.nii.gz"))[0]
+    elif name == "nodule":
+        from monai_pipeline.data import lidc_images
+
+        source = Path(lidc_images(dataset)[0])
+    else:
+        source = sorted(p for p in dataset.rglob("*.tif") if not p.stem.endswith("_mask"))[0]
+    parser = inference_parser(zoo_bundle, output_dir=str(tmp_path), **small(name))
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(zoo_bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
+    net.eval()
+    pre, inferer = parser.get_parsed_content("preprocessing"), parser.get_parsed_content("inferer")
+    post = parser.get_parsed_content("postprocessing")
+    batch = list_data_collate([pre({"image": str(source)})])  # a batch of one, as MONAI Label's loader gives it
+    with torch.no_grad():
+        batch["pred"] = inferer(batch["image"], net)
+    post(decollate_batch(batch)[0])
+    written = sorted(tmp_path.glob(f"{source.name.split('.')[0]}_*"))
+    assert written, sorted(tmp_path.iterdir())
+    if name == "brain":
+        from PIL import Image
+
+        mask = Image.open(tmp_path / f"{source.stem}_mask.png")
+        assert mask.size == Image.open(source).size and set(np.unique(np.asarray(mask))) <= {0, 255}
+    else:
+        import nibabel as nib
+
+        mask = nib.load(str(tmp_path / source.name.replace(".nii.gz", "_seg.nii.gz")))
+        assert mask.shape == nib.load(str(source)).shape and set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
 
 
 def test_verify_net_in_out(zoo_bundle):
@@ -377,7 +531,7 @@ def test_workflow_configs(name):
 
 
 @pytest.mark.parametrize("name", sorted(BUNDLES))
-def test_monai_own_property_check(name, tmp_path):
+def test_monai_own_property_check(name, tmp_path, request):
     """MONAI's own ``ConfigWorkflow.check_properties`` (what the Zoo's unit tests call) passes on the train and
     inference workflows: every train handler is written as a dict, none as a reference."""
     from monai.bundle import ConfigWorkflow
@@ -390,6 +544,8 @@ def test_monai_own_property_check(name, tmp_path):
 
     if name == "brain":  # MONAI's check builds the datalists: give it a tiny dataset
         write_brain_slices(tmp_path / "data", num_patients=3, seed=0, size=64, num_slices=4)
+    elif name == "nodule":  # LIDC-IDRI crops (index.csv layout)
+        shutil.copytree(request.getfixturevalue("tiny_lidc"), tmp_path / "data")
     else:
         write_msd_dataset(tmp_path / "data", num_train=3, num_test=1, seed=0, spec=PhantomSpec((24, 24, 12), (5.0, 5.0, 8.0)))
     for workflow, kind in (("train", "train"), ("inference", "infer")):
@@ -398,7 +554,9 @@ def test_monai_own_property_check(name, tmp_path):
                                   meta_file=str(bundle / "configs" / "metadata.json"),
                                   logging_file=str(bundle / "configs" / "logging.conf"),
                                   **{"bundle_root": str(bundle), "output_dir": str(tmp_path / "eval"),
-                                     "ckpt_dir": str(tmp_path / "models"), "dataset_dir": str(tmp_path / "data")})
+                                     "ckpt_dir": str(tmp_path / "models"), "dataset_dir": str(tmp_path / "data"),
+                                     # no weights here: inference's initialize would refuse to start without them
+                                     **({"load_pretrain": False} if kind == "infer" else {})})
             flow.initialize()
             try:
                 assert not flow.check_properties(), (workflow, flow.check_properties())
@@ -414,7 +572,7 @@ def test_train_and_validation_preprocessing_keep_the_label(name, request):
     from monai.bundle import ConfigParser
 
     bundle = BUNDLES[name]
-    dataset = request.getfixturevalue("tiny_msd" if name == "lung" else "zoo_brain_slices")
+    dataset = request.getfixturevalue({"lung": "tiny_msd", "brain": "zoo_brain_slices", "nodule": "tiny_lidc"}[name])
     overrides = {"bundle_root": str(bundle), "dataset_dir": str(dataset), **SMALL[name]}
     if name == "brain":  # 2 patients, one for validation; slices resized to 32 x 32, away from their own 64 x 64
         overrides.update(val_fraction=0.5, image_size=[32, 32], num_samples=2)
@@ -432,7 +590,12 @@ def test_train_and_validation_preprocessing_keep_the_label(name, request):
 
     parser = ConfigParser(merged(bundle, *workflow_files()["evaluate"]))
     parser.update(overrides)
-    assert parser.get_parsed_content("data") == parser.get_parsed_content("val_datalist")  # the same split
+    # the lung and brain bundles score the validation split training held out, the nodule bundle its test patients
+    held_out = "val_datalist" if name != "nodule" else "eval_datalist"
+    assert parser.get_parsed_content("data") == parser.get_parsed_content(held_out)
+    if name == "nodule":
+        assert {c["patient"] for c in parser.get_parsed_content("data")}.isdisjoint(
+            c["patient"] for c in parser.get_parsed_content("train_datalist") + parser.get_parsed_content("val_datalist"))
     item = parser.get_parsed_content("preprocessing")(copy.deepcopy(case))
     assert "label" in item and item["image"].shape[1:] != item["label"].shape[1:]  # the label on its own grid
 
@@ -440,15 +603,13 @@ def test_train_and_validation_preprocessing_keep_the_label(name, request):
 @pytest.mark.parametrize("name, workflow, overlay", [
     ("lung", "inference", "network_segresnet.json"),
     ("lung", "train", "network_segresnet.json"),
-    ("lung", "train", "lidc_nodules.json"),
-    ("lung", "evaluate", "lidc_nodules.json"),
     ("brain", "inference", "network_segresnet_2d.json"),
     ("brain", "train", "network_segresnet_2d.json"),
     ("brain", "train", "loss_dicefocal.json"),
 ])
-def test_overlays_merge(name, workflow, overlay):
+def test_overlays_merge(name, workflow, overlay, tmp_path):
     """The repository's configs/ overlays, merged after a workflow's files, leave no dangling reference and
-    override what they name."""
+    override what they name (with a ckpt_dir holding no model: a shipped model's contract names its own network)."""
     from monai.bundle import ConfigParser
 
     bundle = BUNDLES[name]
@@ -456,20 +617,55 @@ def test_overlays_merge(name, workflow, overlay):
     config = ConfigParser.load_config_files(files)
     assert dangling_refs(config) == []
     parser = ConfigParser(config)
-    parser.update({"bundle_root": str(bundle)})
+    parser.update({"bundle_root": str(bundle), "ckpt_dir": str(tmp_path)})
     if overlay.startswith("network_segresnet"):
         net = parser.get_parsed_content("network_def").eval()
         assert type(net).__name__ == "SegResNet"
-        x = torch.rand(1, 1, 16, 16, 16) if name == "lung" else torch.rand(1, 3, 32, 32)
+        x = torch.rand(1, 1, 16, 16, 16) if name == "lung" else torch.rand(1, 1, 32, 32)  # brain: FLAIR alone
         with torch.no_grad():
             assert net(x).shape == (1, 2, *x.shape[2:])
-    elif overlay == "loss_dicefocal.json":
+    else:
+        assert overlay == "loss_dicefocal.json"
         assert type(parser.get_parsed_content("loss")).__name__ == "DiceFocalLoss"
-    else:  # lidc_nodules.json: its patch size reaches inference.json's sliding window, its split the datalists
-        assert tuple(parser.get_parsed_content("sw_inferer").roi_size) == (48, 48, 16)
-        split = "test" if workflow == "evaluate" else "train"
-        key = "eval_datalist" if workflow == "evaluate" else "train_datalist"
-        assert (config[key]["_target_"], config[key]["split"]) == ("monai_pipeline.data.lidc_split", split)
+
+
+# the ids in which the nodule bundle's configs may differ from the lung bundle's (its data, grid, window, crop,
+# sliding window, split and schedule); every other id of every config file is the lung bundle's, byte for byte
+NODULE_OWN_KEYS = {"dataset_dir", "pixdim", "patch_size", "hu_window", "body_threshold_hu", "crop_lungs", "sw_batch_size",
+                   "sw_overlap", "datalist", "train_datalist", "val_datalist", "eval_datalist", "split_mode", "fold",
+                   "num_folds", "val_fraction", "test_fraction", "epochs", "val_interval", "batch_size", "num_samples",
+                   "early_stop_patience"}
+
+
+def config_differences(a: Path, b: Path) -> set[str]:
+    """The top-level ids whose values differ between two config files (one defining an id the other does not
+    counts)."""
+    first, second = json.loads(a.read_text()), json.loads(b.read_text())
+    return {k for k in first.keys() | second.keys() if first.get(k, KeyError) != second.get(k, KeyError)}
+
+
+def test_nodule_bundle_is_the_lung_bundle_but_its_declared_ids():
+    """The nodule bundle was made from the lung bundle (+ the former configs/lidc_nodules.json): its configs may
+    differ from the lung bundle's only in NODULE_OWN_KEYS, so a fix to one copy cannot silently miss the other."""
+    lung, nodule = LUNG_BUNDLE / "configs", NODULE_BUNDLE / "configs"
+    assert sorted(p.name for p in lung.iterdir()) == sorted(p.name for p in nodule.iterdir())
+    for name in ("inference.json", "train.json", "evaluate.json", "multi_gpu_train.json", "multi_gpu_inference.json"):
+        undeclared = config_differences(lung / name, nodule / name) - NODULE_OWN_KEYS
+        assert not undeclared, f"{name}: the nodule and lung bundles differ in undeclared ids {sorted(undeclared)}"
+    assert (lung / "logging.conf").read_text() == (nodule / "logging.conf").read_text()
+    # what the nodule bundle is for: its own grid, window and split reach the merged configs
+    parser = inference_parser(NODULE_BUNDLE)
+    assert tuple(parser.get_parsed_content("sw_inferer").roi_size) == (48, 48, 16)
+    config = merged(NODULE_BUNDLE, *workflow_files()["evaluate"])
+    assert (config["eval_datalist"]["_target_"], config["eval_datalist"]["split"]) == ("monai_pipeline.data.lidc_split", "test")
+    assert (config["train_datalist"]["_target_"], config["train_datalist"]["split"]) == ("monai_pipeline.data.lidc_split", "train")
+
+
+def test_config_differences_catches_a_drift(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"x": 1, "net": {"channels": [16, 32]}, "pixdim": [1, 1, 1]}))
+    b.write_text(json.dumps({"x": 1, "net": {"channels": [16, 64]}, "pixdim": [2, 2, 2], "extra": 0}))
+    assert config_differences(a, b) - NODULE_OWN_KEYS == {"net", "extra"}
 
 
 # --------------------------------------------------------------------------------------- the checks can fail

@@ -1,7 +1,10 @@
 """Every command in each bundle's docs/README.md runs as printed, in order, from the bundle folder.
 
 The commands are read from the README's ```bash blocks. To keep the suite fast, size overrides are
-appended to the printed commands (tiny phantoms, 1 epoch, small patches); nothing else is changed.
+appended to the printed commands (tiny phantoms, 1 epoch, small patches); nothing else is changed. Commands on
+the real data (``../../../shared/data``) run in tests of their own, with the model the bundle ships; the install
+commands sit in ```shell blocks, not run here (they would change the test environment): tests/test_wheel.py
+installs the package's wheel and runs a copied bundle with it.
 """
 
 from __future__ import annotations
@@ -10,12 +13,13 @@ import re
 import shlex
 import shutil
 
-from conftest import BRAIN_BUNDLE, BRAIN_TINY, LUNG_BUNDLE, ROOT, TINY, VENV_BIN, run_cmd
+from conftest import BRAIN_BUNDLE, BRAIN_TINY, LUNG_BUNDLE, NODULE_BUNDLE, ROOT, SHARED_DATA, TINY, VENV_BIN, run_cmd, shared
 
 SYNTH_SIZE = ["--num-train", "6", "--num-test", "2", "--shape", "48", "48", "24", "--spacing", "5", "5", "8"]
 RUN_SIZE = ["--epochs", "1", "--val_interval", "1", "--val_fraction", "0.34", *TINY]
 BRAIN_SYNTH_SIZE = ["--num-train", "4", "--num-test", "2"]
 BRAIN_RUN_SIZE = ["--epochs", "1", "--val_interval", "1", "--val_fraction", "0.34", *BRAIN_TINY]
+REAL_DATA = "../../../shared/data"  # the workplace's real data, seen from a bundle folder of the repository
 
 
 def doc_commands(bundle_root=LUNG_BUNDLE) -> list[str]:
@@ -40,6 +44,8 @@ def run_doc_commands(bundle_root, tmp_path, synth_size: list[str], run_size: lis
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
     cwd = tmp_path / "bundles" / bundle_root.name
     for cmd in doc_commands(bundle_root):
+        if REAL_DATA in cmd:  # run by the tests of the real data, with the shipped model
+            continue
         words = shlex.split(cmd)
         if words[0] == "monai-pipeline" and words[1] == "synth":
             words += synth_size
@@ -102,3 +108,49 @@ def test_readme_dicom_commands_run_as_printed(trained, tmp_path):
     assert {p.name for p in (tmp_path / "runs" / "lung" / "nsclc").iterdir()} == {f"{case}_seg.nii.gz", f"{case}_seg.dcm"}
     assert (tmp_path / "data" / "nsclc" / "labelsTr" / f"{case}.nii.gz").is_file()
     assert (tmp_path / "runs" / "lung" / "slicer_nsclc" / case / f"{case}.seg.nrrd").is_file()
+
+
+def test_brain_docs_real_patient_commands_run_as_printed(tmp_path):
+    """The brain README's "segment a real LGG patient with the shipped model" block, as printed, from a copy of the
+    bundle as shipped (its models/model.pt; the channels come from its contract): every slice of the patient gets
+    a mask, and the patient's Dice is the one benchmarks/results/lgg_cv_fold0.json recorded for that model."""
+    import json
+
+    cmds = [c for c in doc_commands(BRAIN_BUNDLE) if REAL_DATA in c]
+    assert [c.split()[:3] for c in cmds] == [["python", "-m", "monai.bundle"], ["monai-pipeline", "evaluate", "--pred"]]
+    patient = next(w for w in shlex.split(cmds[0]) if w.startswith(REAL_DATA)).rsplit("/", 1)[-1]
+    source = shared("lgg_kaggle_3m", patient)
+    if not (BRAIN_BUNDLE / "models" / "model.pt").is_file():
+        raise AssertionError(f"{BRAIN_BUNDLE}/models/model.pt is missing: the brain bundle ships its weights")
+    cwd = tmp_path / "bundles" / BRAIN_BUNDLE.name
+    shutil.copytree(BRAIN_BUNDLE, cwd, ignore=shutil.ignore_patterns("eval", "data", "checkpoint_*", "*.ts"))
+    for cmd in cmds:
+        words = shlex.split(cmd.replace(REAL_DATA, str(SHARED_DATA)))  # where ../shared/data is from this copy
+        words[0] = str(VENV_BIN / words[0]) if (VENV_BIN / words[0]).exists() else words[0]
+        run_cmd(words, cwd=cwd, timeout=600)
+    slices = sorted(p.stem for p in source.glob("*.tif") if not p.stem.endswith("_mask"))
+    assert sorted(p.name for p in (cwd / "eval" / patient).glob("*_mask.png")) == sorted(f"{s}_mask.png" for s in slices)
+    scores = json.loads((cwd / "eval" / f"{patient}_scores" / "metrics.json").read_text())
+    recorded = json.loads((ROOT / "benchmarks" / "results" / "lgg_cv_fold0.json").read_text())
+    assert patient.rsplit("_", 1)[0] in recorded["val_patients"]  # a patient the shipped model never trained on
+    assert abs(scores["mean_patient_dice"] - recorded["patient_dice_from_png_masks"][patient]) < 1e-3
+
+
+ZOO_SECTIONS = ["Overview", "Data", "Training configuration", "Performance", "System requirements", "Commands",
+                "Disclaimer", "References"]
+
+
+def test_bundle_docs_follow_the_model_zoo():
+    """Each bundle's docs/README.md has the Model Zoo's sections in order, says how to install the package the
+    configs need, and docs/data_license.txt names each dataset's licence and that weights derive from the data."""
+    for root in (LUNG_BUNDLE, BRAIN_BUNDLE, NODULE_BUNDLE):
+        text = (root / "docs" / "README.md").read_text()
+        headings = re.findall(r"(?m)^## (.+)$", text)
+        assert headings == ZOO_SECTIONS, (root.name, headings)
+        assert "pip install -e ../.." in text and "pip wheel --no-deps ../.." in text, root.name
+        licence = (root / "docs" / "data_license.txt").read_text()
+        assert "whatever the licence of the code" in licence, root.name
+    brain = (BRAIN_BUNDLE / "docs" / "data_license.txt").read_text()
+    assert "CC BY-NC-SA 4.0" in brain and "TCGA-LGG" in brain and "TCIA" in brain
+    assert "CC BY-SA 4.0" in (LUNG_BUNDLE / "docs" / "data_license.txt").read_text()
+    assert "CC BY 3.0" in (NODULE_BUNDLE / "docs" / "data_license.txt").read_text()

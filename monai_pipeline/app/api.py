@@ -24,6 +24,7 @@ from typing import Any, Iterable, Sequence
 from monai_pipeline.app.bundles import bundle_dir, resolve, run_bundle
 from monai_pipeline.app.delineate import DelineationResult, delineate
 from monai_pipeline.data.dicom_import import import_dicom
+from monai_pipeline.data.validate import check_model_weights
 from monai_pipeline.engine.inference import fatal_os_error
 from monai_pipeline.evaluation.run import evaluate_folders
 
@@ -76,7 +77,8 @@ def segment(images: str | os.PathLike | Iterable[str | os.PathLike], model_dir: 
     Raises:
         DataError: no input is usable (and none is done), or a bad input when ``skip_bad_inputs`` is False, or an
             override contradicts the model's contract.
-        FileNotFoundError: no ``model.pt`` (reported after any input error).
+        DataError: no ``model.pt`` in ``model_dir`` (reported after any input error; the message says to train
+            first or where to point ``model_dir``).
         OSError: the disk is full or read-only (the run stops; masks written so far are complete).
     """
     if isinstance(images, (str, os.PathLike)):
@@ -93,7 +95,7 @@ def segment(images: str | os.PathLike | Iterable[str | os.PathLike], model_dir: 
                  "output_ext": output_ext}
     if not weights.is_file():
         resolve(bundle, "inference", ["data"], overlays, **overrides)  # a bad input is the first thing to report
-        raise FileNotFoundError(f"{weights}: model weights not found; train first or point ckpt_dir at a trained model")
+        check_model_weights(model_dir, bundle_dir(bundle))
     try:
         workflow = run_bundle(bundle, "inference", overlays, **overrides)
     except RuntimeError as err:  # MONAI's config machinery wraps a full disk: report it as itself

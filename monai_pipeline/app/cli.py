@@ -96,6 +96,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     """Segment; resume by default (complete masks are kept). Exit 1 when any input failed (the others are
     written; the failed ones are listed in ``<output-dir>/failed.json``)."""
     from monai_pipeline.app.api import segment
+    from monai_pipeline.app.bundles import bundle_dir
 
     if args.distributed and "WORLD_SIZE" not in os.environ:
         raise SystemExit("error: infer --distributed runs under torchrun: torchrun --nproc_per_node=N -m "
@@ -108,7 +109,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
     overrides.setdefault("failures_file", str(Path(args.output_dir) / "failed.json"))
     if args.overwrite:
         overrides["overwrite"] = True
-    summary = segment(images, args.ckpt_dir, args.output_dir, args.bundle, args.ext, args.config,
+    ckpt_dir = args.ckpt_dir or str(bundle_dir(args.bundle) / "models")  # the bundle's own ckpt_dir default
+    summary = segment(images, ckpt_dir, args.output_dir, args.bundle, args.ext, args.config,
                       distributed=args.distributed, **overrides).summary
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{summary['written']} mask(s) written to {args.output_dir}, {summary['done']} skipped as already "
@@ -338,9 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", help="segment images; masks keep each source image's geometry")
     _common(p)
     p.add_argument("--images", nargs="+", required=True, help="image files, a folder, or a .txt list of paths")
-    p.add_argument("--ckpt-dir", required=True, help="folder holding model.pt; the settings its model.contract.json "
-                                                     "records are used (a contradicting --set is refused unless "
-                                                     "--set contract_override=true)")
+    p.add_argument("--ckpt-dir", help="folder holding model.pt (default: the bundle's models/, the weights it ships); "
+                                      "the settings its model.contract.json records are used (a contradicting --set is "
+                                      "refused unless --set contract_override=true)")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--ext", default=".nii.gz", choices=[".nii.gz", ".nii", ".nrrd", ".mha"],
                    help="format of volume masks (2D slices always give PNG)")

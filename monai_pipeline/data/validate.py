@@ -515,3 +515,25 @@ def check_contract_conflicts(path: str | os.PathLike, conflicts: Sequence[str]) 
         raise DataError(f"{path}: {'; '.join(conflicts)}; drop the override to use the model's value, or set "
                         "contract_override true to run anyway (CLI: --set contract_override=true; "
                         "monai.bundle run: --contract_override true)")
+
+
+# ------------------------------------------------------------------------------------- model weights
+TRAIN_CONFIGS = "\"['configs/inference.json','configs/train.json']\""
+
+
+def check_model_weights(ckpt_dir: str | os.PathLike, bundle_root: str | os.PathLike | None = None,
+                        needed: bool | str = True) -> None:
+    """Refuse to run inference or evaluation without ``<ckpt_dir>/model.pt``, in one line saying what to do: train
+    first (the command), or point ``ckpt_dir`` at a folder that holds a trained model. Nothing to check when the
+    weights are not ``needed`` (the bundle's ``load_pretrain`` false)."""
+    if isinstance(needed, str):
+        needed = needed.strip().lower() not in ("false", "0", "no", "off", "")
+    weights = Path(ckpt_dir) / "model.pt"
+    if not needed or weights.is_file():
+        return
+    name = Path(bundle_root).resolve().name if bundle_root is not None else "<bundle>"
+    raise DataError(f"{weights}: no trained model here; train first (from the bundle folder: "
+                    f"python -m monai.bundle run --config_file {TRAIN_CONFIGS} --dataset_dir DIR, or monai-pipeline "
+                    f"train --bundle {name} --dataset-dir DIR), or point ckpt_dir at a folder holding model.pt "
+                    "(monai.bundle run: --ckpt_dir DIR; monai-pipeline infer: --ckpt-dir DIR; Python: segment(images, "
+                    "model_dir, ...))")
