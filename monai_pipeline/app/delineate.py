@@ -37,7 +37,7 @@ import numpy as np
 from scipy import ndimage
 
 from monai_pipeline.app.bundles import bundle_dir, resolve
-from monai_pipeline.data.validate import check_export_target, image_info
+from monai_pipeline.data.validate import check_export_target, check_model_weights, image_info
 from monai_pipeline.errors import DataError
 from monai_pipeline.evaluation.measure import lesion_measures
 from monai_pipeline.io.atomic import atomic_write_text, staged_folder
@@ -174,10 +174,8 @@ class CropSegmenter:
 
         root = bundle_dir(bundle)
         model_dir = Path(model_dir) if model_dir is not None else root / "models"
+        check_model_weights(model_dir, root)
         weights = model_dir / "model.pt"
-        if not weights.is_file():
-            raise DataError(f"{weights}: model weights not found; point --model-dir at a folder holding the nodule "
-                            "model's model.pt (the nodule bundle ships one in its models/)")
         settings = {**overrides, "ckpt_dir": str(model_dir), "bundle_root": str(root)}
         _, self.preprocessing, self.network, self.inferer, self.device = resolve(
             bundle, "inference", ["contract_check", "preprocessing", "network", "inferer", "device"], **settings)
