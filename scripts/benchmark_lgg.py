@@ -12,8 +12,10 @@ since LGG fills a missing pre-contrast sequence with FLAIR). Writes
 
     .venv/bin/python scripts/benchmark_lgg.py --epochs 150 --set 'channels=[1]'   # resumable: run it again
 
-``--set 'channels=[1]'`` trains on FLAIR alone: in LGG a missing pre- or post-contrast sequence was
-replaced by FLAIR (7 of the 35 patients here), and FLAIR is the sequence the masks were drawn on.
+``--set 'channels=[1]'`` trains on FLAIR alone, the brain bundle's default since 0.5.0 (it was ``[0, 1, 2]``
+before, and the committed figures give it explicitly, so their commands read the same on either version): in LGG
+a missing pre- or post-contrast sequence was replaced by FLAIR, and FLAIR is the sequence the masks were drawn on.
+``--set 'channels=[0,1,2]'`` trains on all three sequences.
 
 Progress is the bundle's epoch log. A run continues from the latest checkpoint in ``--work`` unless
 ``--no-resume``; ``--eval-only`` evaluates the best checkpoint there without training.
