@@ -52,7 +52,9 @@ __all__ = ["delineate", "load_points", "DelineationResult", "CropSegmenter", "MA
 logger = logging.getLogger(__name__)
 
 MANIFEST = "delineation.json"
-AIR_HU = -500.0  # below this a voxel is air or lung parenchyma, not tissue a nodule is made of
+AIR_HU = -800.0  # a point needs a voxel denser than this near it: air is -1000, aerated lung about -850, and
+# ground-glass nodules reach down to about -700 HU (an LIDC-IDRI test nodule's centre has no voxel above -596 HU)
+BODY_HU = -500.0  # tissue of the body outline on an axial slice
 TISSUE_RADIUS_MM = 3.0  # a point needs tissue (> AIR_HU) within this distance
 BODY_CHECK_MIN_FOV_MM = 150.0  # images narrower than this are crops taken inside the body: no body check
 SNAP_MM = 5.0  # a point just off the segmented nodule takes the nearest component within this distance
@@ -117,7 +119,7 @@ def check_points(ct: np.ndarray, props: ImageProperties, points: PointSet, image
 
     Raises:
         DataError: naming the point (label and LPS position) and the fault: outside the image, in air (no
-            voxel above -500 HU within 3 mm), or outside the body (on a whole CT: not inside the largest
+            voxel above -800 HU within 3 mm), or outside the body (on a whole CT: not inside the largest
             tissue region of its axial slice, holes filled).
     """
     shape = np.asarray(ct.shape[:3])
@@ -145,7 +147,7 @@ def check_points(ct: np.ndarray, props: ImageProperties, points: PointSet, image
         axial = int(np.argmax(np.abs(props.lps_affine[2, :3])))
         in_plane = [a for a in range(3) if a != axial]
         if min(fov[in_plane]) >= BODY_CHECK_MIN_FOV_MM:
-            plane = np.take(np.asarray(ct), v[axial], axis=axial) > AIR_HU
+            plane = np.take(np.asarray(ct), v[axial], axis=axial) > BODY_HU
             lab, n = ndimage.label(plane)
             if n:
                 body = ndimage.binary_fill_holes(lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1))
