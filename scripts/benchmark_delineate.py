@@ -52,9 +52,10 @@ def centroid_lps(mask: np.ndarray, props: ImageProperties) -> str:
     return ",".join(f"{v:.4f}" for v in (props.lps_affine @ np.append(c, 1.0))[:3])
 
 
-def run_point(image, point: str, work: Path, name: str, model_dir) -> tuple[np.ndarray, dict, float]:
+def run_point(image, point: str, work: Path, name: str, model_dir, initial_mm: float) -> tuple[np.ndarray, dict, float]:
     t0 = time.perf_counter()
-    res = delineate(image, [point], work, coordinate_system="LPS", model_dir=model_dir, case_id=name)
+    res = delineate(image, [point], work, coordinate_system="LPS", model_dir=model_dir, case_id=name,
+                    initial_mm=initial_mm)
     seconds = time.perf_counter() - t0
     pred, _ = read_image(res.folder / res.files["mask"])
     return pred, res.lesions[0], seconds
@@ -91,19 +92,25 @@ def main(argv=None) -> int:
     ap.add_argument("--max-nodules", type=int, default=None, help="first N test nodules only (a quick check)")
     ap.add_argument("--phantoms", type=int, default=5)
     ap.add_argument("--crop-benchmark", default=None, help="the crop benchmark's result JSON to compare with")
+    ap.add_argument("--split", default="test", choices=["test", "val"],
+                    help="LIDC split: test (reported) or val (the selection patients, to choose settings on)")
+    ap.add_argument("--initial-mm", type=float, default=24.0, help="delineate's first crop edge (mm)")
+    ap.add_argument("--no-lung1", action="store_true", help="skip LUNG1-001")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     data = Path(args.data)
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"delineate_{cpu_tag()}.json"
     result: dict = {"model_dir": str(Path(args.model_dir).resolve().relative_to(ROOT)) if Path(args.model_dir).resolve().is_relative_to(ROOT) else args.model_dir}
 
-    items = lidc_split(data / "lidc_nodules", "test", 0.1, 0.2, 0)[: args.max_nodules]
+    items = lidc_split(data / "lidc_nodules", args.split, 0.1, 0.2, 0)[: args.max_nodules]
+    result.update(split=args.split, initial_mm=args.initial_mm)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for item in items:
             ref, props = read_image(item["label"])
-            pred, lesion, seconds = run_point(item["image"], centroid_lps(ref, props), work, item["case_id"], args.model_dir)
+            pred, lesion, seconds = run_point(item["image"], centroid_lps(ref, props), work, item["case_id"],
+                                              args.model_dir, args.initial_mm)
             rows.append({"case": item["case_id"], "dice": round(dice(pred, ref), 4), "status": lesion["status"],
                          "grew": lesion["grew"], "seconds": round(seconds, 2)})
         d = [r["dice"] for r in rows]
@@ -111,7 +118,7 @@ def main(argv=None) -> int:
                           "point": "centroid of the reference mask", "per_nodule": rows}
         if args.crop_benchmark:
             bench = json.loads(Path(args.crop_benchmark).read_text())
-            by_case = {r["case"]: r["dice"] for r in bench["per_nodule"]}
+            by_case = {r["case"].removesuffix(".nii.gz").removesuffix("_image"): r["dice"] for r in bench["per_nodule"]}
             same = [r for r in rows if r["case"] in by_case]
             result["lidc"]["crop_benchmark"] = {"file": args.crop_benchmark, "n_matched": len(same),
                                                 "mean_dice_same_nodules": statistics.fmean(by_case[r["case"]] for r in same) if same else None,
@@ -125,7 +132,7 @@ def main(argv=None) -> int:
             big, big_props, big_ref = embed(ct, props, ref)
             path = write_image(big, big_props, work / f"{item['case_id']}_chest.nrrd")
             pred, lesion, seconds = run_point(path, centroid_lps(big_ref, big_props), work, item["case_id"] + "_chest",
-                                              args.model_dir)
+                                              args.model_dir, args.initial_mm)
             crop_row = next(r for r in rows if r["case"] == item["case_id"])
             prow.append({"case": item["case_id"], "shape": list(big.shape), "dice": round(dice(pred, big_ref), 4),
                          "dice_on_the_crop_itself": crop_row["dice"], "status": lesion["status"], "grew": lesion["grew"],
@@ -137,7 +144,7 @@ def main(argv=None) -> int:
             print(json.dumps({k: v for k, v in result["phantom"].items() if k != "cases"}, indent=2))
 
         lung1 = data / "nsclc_radiomics" / "LUNG1-001"
-        if lung1.is_dir():
+        if lung1.is_dir() and not args.no_lung1:
             import pydicom
 
             from monai_pipeline.io.rtstruct import label_map
@@ -146,7 +153,8 @@ def main(argv=None) -> int:
                       if pydicom.dcmread(p, stop_before_pixels=True).Modality == "RTSTRUCT")
             gtv, _ = label_map(rs, props, [("gtv", "GTV-1")])
             gtv = gtv == 1
-            pred, lesion, seconds = run_point(lung1, centroid_lps(gtv, props), work, "LUNG1-001", args.model_dir)
+            pred, lesion, seconds = run_point(lung1, centroid_lps(gtv, props), work, "LUNG1-001", args.model_dir,
+                                              args.initial_mm)
             ref = lesion_measures(gtv, props.lps_affine)
             result["lung1"] = {"dice_vs_gtv1": round(dice(pred, gtv), 4), "seconds": round(seconds, 2),
                                "point": "GTV-1 centroid (RTSTRUCT rasterised on the CT grid)",

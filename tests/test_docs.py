@@ -13,6 +13,8 @@ import re
 import shlex
 import shutil
 
+import pytest
+
 from conftest import BRAIN_BUNDLE, BRAIN_TINY, LUNG_BUNDLE, NODULE_BUNDLE, ROOT, SHARED_DATA, TINY, VENV_BIN, run_cmd, shared
 
 SYNTH_SIZE = ["--num-train", "6", "--num-test", "2", "--shape", "48", "48", "24", "--spacing", "5", "5", "8"]
@@ -154,3 +156,29 @@ def test_bundle_docs_follow_the_model_zoo():
     assert "CC BY-NC-SA 4.0" in brain and "TCGA-LGG" in brain and "TCIA" in brain
     assert "CC BY-SA 4.0" in (LUNG_BUNDLE / "docs" / "data_license.txt").read_text()
     assert "CC BY 3.0" in (NODULE_BUNDLE / "docs" / "data_license.txt").read_text()
+
+
+@pytest.mark.slow
+def test_nodule_docs_shipped_model_commands_run_as_printed(tmp_path):
+    """The nodule bundle README's commands that use the shipped model on real data (inference over the test
+    patients' crops, one crop through ``monai-pipeline infer``, ``delineate`` on LUNG1-001), as printed, from a copy
+    of the bundle as shipped. Slow (about a minute): the README's own delineate line runs in the default suite
+    (tests/test_readme.py)."""
+    cmds = [c for c in doc_commands(NODULE_BUNDLE) if REAL_DATA in c and "train.json" not in c]
+    assert [shlex.split(c)[:2] for c in cmds] == [["python", "-m"], ["monai-pipeline", "infer"],
+                                                   ["monai-pipeline", "delineate"]], cmds
+    shared("lidc_nodules")
+    shared("nsclc_radiomics", "LUNG1-001")
+    cwd = tmp_path / "bundles" / NODULE_BUNDLE.name
+    shutil.copytree(NODULE_BUNDLE, cwd, ignore=shutil.ignore_patterns("eval", "data", "checkpoint_*", "*.ts"))
+    for cmd in cmds:
+        words = shlex.split(cmd.replace(REAL_DATA, str(SHARED_DATA)))
+        words[0] = str(VENV_BIN / words[0]) if (VENV_BIN / words[0]).exists() else words[0]
+        run_cmd(words, cwd=cwd, timeout=900)
+    from monai_pipeline.data import lidc_images
+
+    test_crops = lidc_images(SHARED_DATA / "lidc_nodules")
+    assert len(list((cwd / "eval").glob("*_seg.nii.gz"))) == len(test_crops)
+    assert (cwd / "eval" / "one" / "LIDC-IDRI-0001_1_image_seg.nii.gz").is_file()
+    case = next((cwd / "eval" / "lung1").iterdir())
+    assert (case / "lesions.csv").is_file() and list(case.glob("*_seg.dcm"))

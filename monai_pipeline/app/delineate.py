@@ -276,7 +276,7 @@ def _table(rows: list[dict]) -> str:
 
 def delineate(image: str | os.PathLike, points: str | os.PathLike | Sequence[Any] | np.ndarray,
               out_dir: str | os.PathLike, coordinate_system: str | None = None, model_dir: str | os.PathLike | None = None,
-              bundle: str = "nodule", case_id: str | None = None, initial_mm: float = 48.0, grow_mm: float = 16.0,
+              bundle: str = "nodule", case_id: str | None = None, initial_mm: float = 24.0, grow_mm: float = 16.0,
               cap_mm: float = 150.0, **overrides: Any) -> DelineationResult:
     """Delineate the nodule at each point of a CT (a volume file or a DICOM series) with the nodule bundle.
 
@@ -288,7 +288,9 @@ def delineate(image: str | os.PathLike, points: str | os.PathLike | Sequence[Any
         model_dir: folder with ``model.pt`` and its contract (default: the bundle's shipped ``models/``).
         bundle: the bundle whose inference runs (default the nodule delineation bundle).
         case_id: file stem (default the image's case ID; a DICOM series' pseudonym).
-        initial_mm: first crop edge length (mm) around each point.
+        initial_mm: first crop edge length (mm) around each point; 24 mm, chosen on the selection patients'
+            nodules pasted into a large synthetic chest (phantom Dice 0.818 against 0.798 at 32 mm and 0.661 at
+            48 mm: a first crop about the size of the training crops; the crop then grows as needed).
         grow_mm: the least a crop grows on a side the lesion touches (mm; it also grows by half its size).
         cap_mm: largest crop edge (mm); a lesion that still touches the crop there is kept, flagged ``capped``.
         overrides: bundle config ids (``device``, ``precision``...), checked against the model's contract.
