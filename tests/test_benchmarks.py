@@ -25,12 +25,34 @@ def committed_results(pattern: str, keys: set[str], what: str) -> list[dict]:
 
 
 def test_committed_lidc_result_has_provenance():
-    for result in committed_results("*lidc*.json", LIDC_KEYS, "LIDC"):
+    for result in committed_results("lidc_nodule_dice*.json", LIDC_KEYS, "LIDC"):
         assert 0.0 <= result["median_dice"] <= 1.0 and 0.0 <= result["mean_dice"] <= 1.0
         per = [r["dice"] for r in result["per_nodule"]]
         assert len(per) == result["n_val"]
         assert abs(sum(per) / len(per) - result["mean_dice"]) < 1e-3  # the summary is the mean of the rows
         assert "scripts/benchmark_lidc.py" in result["command"] and len(result["git_rev"]) >= 40
+
+
+def test_committed_lever_and_delineation_results_are_consistent():
+    """The LIDC lever study chose on the selection nodules only and its test means are those of its rows; the
+    delineation benchmark's means are those of its rows, compared with the crop result it names."""
+    import statistics
+
+    levers = committed_results("lidc_levers_*.json", {"chosen", "test", "selection_mean_dice", "command", "git_rev",
+                                                      "per_nodule_test", "cpu_isa"}, "LIDC levers")
+    for r in levers:
+        rows = r["per_nodule_test"]
+        assert len(rows) == r["n_test"] and r["n_selection"] > 0
+        for key in ("baseline", "chosen"):
+            assert abs(statistics.fmean(x[key] for x in rows) - r["test"][key]["mean_dice"]) < 1e-3
+        best = max(r["selection_mean_dice"].values())
+        assert r["selection_mean_dice"][r["test"]["chosen"]["variant"]] >= best - 0.002 - 1e-9
+    for r in committed_results("delineate_avx*.json", {"command", "git_rev", "cpu_isa", "lidc"}, "delineation"):
+        rows = r["lidc"]["per_nodule"]
+        assert abs(statistics.fmean(x["dice"] for x in rows) - r["lidc"]["mean_dice"]) < 1e-3
+        crop = json.loads((ROOT / r["lidc"]["crop_benchmark"]["file"]).read_text())
+        assert r["lidc"]["crop_benchmark"]["n_matched"] == len(rows) == crop["n_test"]
+        assert abs(r["lidc"]["crop_benchmark"]["mean_dice_same_nodules"] - crop["mean_dice"]) < 1e-3
 
 
 @pytest.mark.slow

@@ -22,9 +22,9 @@ import slicerio
 
 from conftest import ROOT, shared
 from monai_pipeline.io.images import ImageProperties, lps_to_ras, read_properties, write_image, write_mask_like
+from monai_pipeline.io.markups import write_line, write_points
 from monai_pipeline.io.terminology import KNOWN_SEGMENTS
 from monai_pipeline.slicer.export import export_slicer
-from monai_pipeline.slicer.markups import write_line, write_points
 from monai_pipeline.slicer.segmentation import SLICER_SMOOTHING
 
 SLICER_PYTHON = ROOT / ".venv-slicer" / "bin" / "python"
@@ -129,7 +129,7 @@ def files(tmp_path_factory) -> dict:
     paths["line_lps"] = (_markups(root / "line_lps.mrk.json", "Line", "LPS", line), "markups")
     paths["line_ras"] = (_markups(root / "line_ras.mrk.json", "Line", "RAS", line), "markups")
     out["markup_points"], out["line_points"] = p, line
-    # our own writer (monai_pipeline.slicer.markups): points given in LPS, stored in LPS or in RAS; a line
+    # our own writer (monai_pipeline.io.markups): points given in LPS, stored in LPS or in RAS; a line
     lps = np.array([q for _, q in p])
     paths["our_fid_lps"] = (write_points(root / "our_fid_lps.mrk.json", lps, [n for n, _ in p], "LPS"), "markups")
     paths["our_fid_ras"] = (write_points(root / "our_fid_ras.mrk.json", lps, [n for n, _ in p], "RAS"), "markups")
@@ -415,7 +415,7 @@ def test_markups_json_fiducials_and_lines_lps_and_ras(slicer, files):
 def test_our_markups_writer_reads_in_slicer(slicer, files):
     """``write_points`` (stored in LPS or RAS) and ``write_line`` (LPS): Slicer places every point at the LPS
     position we gave, seen in its RAS scene, and measures the line as we do."""
-    from monai_pipeline.slicer.markups import read_points
+    from monai_pipeline.io.markups import read_points
 
     to_ras = np.array([-1.0, -1.0, 1.0])
     given = np.array([q for _, q in files["markup_points"]])

@@ -37,26 +37,20 @@ import numpy as np
 from scipy import ndimage
 
 from monai_pipeline.app.bundles import bundle_dir, resolve
-from monai_pipeline.data.validate import check_export_target, check_model_weights, image_info
-from monai_pipeline.errors import DataError
+from monai_pipeline.data.validate import check_export_target, check_model_weights, check_points, image_info
 from monai_pipeline.evaluation.measure import lesion_measures
 from monai_pipeline.io.atomic import atomic_write_text, staged_folder
 from monai_pipeline.io.dicom import is_dicom_path
 from monai_pipeline.io.images import ImageProperties, read_image, write_image, write_mask_like
+from monai_pipeline.io.markups import load_points, write_line
 from monai_pipeline.io.naming import case_id as default_case_id
-from monai_pipeline.slicer.markups import PointSet, parse_point, read_points, write_line
 from monai_pipeline.slicer.segmentation import slicer_segments, write_seg_nrrd
 
-__all__ = ["delineate", "load_points", "DelineationResult", "CropSegmenter", "MANIFEST"]
+__all__ = ["delineate", "DelineationResult", "CropSegmenter", "MANIFEST"]
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "delineation.json"
-AIR_HU = -800.0  # a point needs a voxel denser than this near it: air is -1000, aerated lung about -850, and
-# ground-glass nodules reach down to about -700 HU (an LIDC-IDRI test nodule's centre has no voxel above -596 HU)
-BODY_HU = -500.0  # tissue of the body outline on an axial slice
-TISSUE_RADIUS_MM = 3.0  # a point needs tissue (> AIR_HU) within this distance
-BODY_CHECK_MIN_FOV_MM = 150.0  # images narrower than this are crops taken inside the body: no body check
 SNAP_MM = 5.0  # a point just off the segmented nodule takes the nearest component within this distance
 _TABLE_FIELDS = ["lesion", "point_label", "point_lps_mm", "status", "voxels", "volume_ml", "long_mm", "short_mm",
                  "slice", "centroid_ras_mm", "centroid_lps_mm", "crop_mm", "grew", "capped"]
@@ -75,87 +69,6 @@ class DelineationResult:
         """One line per point: status, volume and the two diameters."""
         return [f"nodule {r['lesion']} ({r['point_label']}): {r['status']}, {r['volume_ml']:.2f} mL, "
                 f"long axis {r['long_mm']:.1f} mm, short axis {r['short_mm']:.1f} mm" for r in self.lesions]
-
-
-# ----------------------------------------------------------------------------------------------- points
-def load_points(points: str | os.PathLike | Sequence[Any] | np.ndarray, coordinate_system: str | None = None) -> PointSet:
-    """Points as LPS millimetres from a ``.mrk.json`` file, ``"x,y,z"`` strings, or an ``(N, 3)`` array.
-
-    Numbers need ``coordinate_system`` (``LPS`` or ``RAS``); a markups file states its own.
-
-    Raises:
-        DataError: a file that is not a Slicer point list, numbers without a coordinate system, no point.
-    """
-    if isinstance(points, np.ndarray):
-        items: list[Any] = [",".join(str(v) for v in row) for row in np.asarray(points, float).reshape(-1, 3)]
-    elif isinstance(points, (str, os.PathLike)):
-        items = [points]
-    else:
-        items = list(points)
-    lps, labels, sources = [], [], []
-    for item in items:
-        text = str(item)
-        if text.lower().endswith(".json") or Path(text).is_file():
-            found = read_points(text)
-            lps.extend(found.lps)
-            labels.extend(found.labels)
-            sources.append(found.source)
-        else:
-            lps.append(parse_point(text, coordinate_system))
-            labels.append(f"P-{len(labels) + 1}")
-            sources.append(f"numbers ({str(coordinate_system).upper()})")
-    if not lps:
-        raise DataError("no point given: pass --points x,y,z (with --coordinate-system) or a .mrk.json point list")
-    return PointSet(np.asarray(lps, dtype=float), tuple(labels), "; ".join(dict.fromkeys(sources)))
-
-
-def _voxel(props: ImageProperties, lps: np.ndarray) -> np.ndarray:
-    """Continuous voxel index (i, j, k) of an LPS point."""
-    return (np.linalg.inv(props.lps_affine) @ np.append(lps, 1.0))[:3]
-
-
-def check_points(ct: np.ndarray, props: ImageProperties, points: PointSet, image: str) -> list[np.ndarray]:
-    """The voxel of each point, once every point is checked: inside the image, on tissue, inside the body.
-
-    Raises:
-        DataError: naming the point (label and LPS position) and the fault: outside the image, in air (no
-            voxel above -800 HU within 3 mm), or outside the body (on a whole CT: not inside the largest
-            tissue region of its axial slice, holes filled).
-    """
-    shape = np.asarray(ct.shape[:3])
-    spacing = np.asarray(props.spacing[:3], dtype=float)
-    fov = shape * spacing
-    out = []
-    for lps, label in zip(points.lps, points.labels):
-        name = f"point {label} at LPS ({', '.join(f'{v:.1f}' for v in lps)}) mm"
-        ijk = _voxel(props, lps)
-        if np.any(ijk < -0.5) or np.any(ijk > shape - 0.5):
-            lo, hi = props.lps_affine @ np.r_[-0.5, -0.5, -0.5, 1], props.lps_affine @ np.r_[shape - 0.5, 1]
-            raise DataError(f"{image}: {name} lies outside the image (voxel {np.round(ijk, 1).tolist()} of "
-                            f"{shape.tolist()}; the image spans LPS {np.round(np.minimum(lo, hi)[:3], 1).tolist()} to "
-                            f"{np.round(np.maximum(lo, hi)[:3], 1).tolist()}); check the coordinate system (LPS or RAS)")
-        v = np.clip(np.rint(ijk).astype(int), 0, shape - 1)
-        r = np.ceil(TISSUE_RADIUS_MM / spacing).astype(int)
-        box = tuple(slice(max(0, c - n), c + n + 1) for c, n in zip(v, r))
-        grid = np.meshgrid(*[(np.arange(s.start, min(s.stop, n)) - c) * sp
-                             for s, c, sp, n in zip(box, v, spacing, shape)], indexing="ij")
-        near = sum(g ** 2 for g in grid) <= TISSUE_RADIUS_MM ** 2
-        densest = float(np.asarray(ct[box])[near].max())
-        if densest <= AIR_HU:
-            raise DataError(f"{image}: {name} lies in air or lung (densest voxel within {TISSUE_RADIUS_MM:g} mm: "
-                            f"{densest:.0f} HU); place the point on the nodule")
-        axial = int(np.argmax(np.abs(props.lps_affine[2, :3])))
-        in_plane = [a for a in range(3) if a != axial]
-        if min(fov[in_plane]) >= BODY_CHECK_MIN_FOV_MM:
-            plane = np.take(np.asarray(ct), v[axial], axis=axial) > BODY_HU
-            lab, n = ndimage.label(plane)
-            if n:
-                body = ndimage.binary_fill_holes(lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1))
-                if not body[tuple(v[a] for a in in_plane)]:
-                    raise DataError(f"{image}: {name} lies outside the body on its axial slice {v[axial]}; place "
-                                    "the point on the nodule")
-        out.append(ijk)
-    return out
 
 
 # ------------------------------------------------------------------------------------------ the model
@@ -312,9 +225,7 @@ def delineate(image: str | os.PathLike, points: str | os.PathLike | Sequence[Any
     final = check_export_target(case, out, [Path(image.split("#")[0])], MANIFEST, tool="delineate")
     ct, props = read_image(image)
     ct = np.asarray(ct)
-    if ct.ndim != 3:
-        raise DataError(f"{image}: a 3D CT is needed, found shape {ct.shape}")
-    voxels = check_points(ct, props, pts, image)
+    voxels = check_points(ct, props, pts.lps, pts.labels, image)
     model = CropSegmenter(bundle, model_dir, **overrides)
     labels = np.zeros(ct.shape, np.uint16 if len(pts.lps) > 255 else np.uint8)
     rows, warnings, measures = [], [], {}

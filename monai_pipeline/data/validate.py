@@ -21,6 +21,7 @@ from typing import Iterable, Mapping, Sequence
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from monai_pipeline.errors import DataError
 from monai_pipeline.io.dicom import dicom_source, is_dicom_path, read_series, read_series_properties
@@ -32,7 +33,7 @@ __all__ = ["DataError", "image_info", "check_pair", "read_voxels", "check_label_
            "max_voxels", "segment_names", "read_label_map", "check_export_target", "MAX_LABEL", "check_folder",
            "check_same_grid", "check_probabilities", "check_same_size", "slice_mask_pairs", "read_presence_threshold",
            "check_export_inputs", "check_report_folders", "check_something_to_report", "check_unique_case_ids",
-           "check_something_usable", "read_model_contract", "check_contract_weights", "check_contract_conflicts"]
+           "check_something_usable", "read_model_contract", "check_contract_weights", "check_contract_conflicts", "check_points"]
 
 MAX_LABEL = 65535  # largest label value a Slicer export accepts
 _SAFE_CASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
@@ -537,3 +538,59 @@ def check_model_weights(ckpt_dir: str | os.PathLike, bundle_root: str | os.PathL
                     f"train --bundle {name} --dataset-dir DIR), or point ckpt_dir at a folder holding model.pt "
                     "(monai.bundle run: --ckpt_dir DIR; monai-pipeline infer: --ckpt-dir DIR; Python: segment(images, "
                     "model_dir, ...))")
+
+
+# ------------------------------------------------------------------------------------------- points on a CT
+AIR_HU = -800.0  # a point needs a voxel denser than this near it: air is -1000, aerated lung about -850, and
+# ground-glass nodules reach down to about -700 HU (an LIDC-IDRI test nodule's centre has no voxel above -596 HU)
+BODY_HU = -500.0  # tissue of the body outline on an axial slice
+TISSUE_RADIUS_MM = 3.0  # a point needs tissue (> AIR_HU) within this distance
+BODY_CHECK_MIN_FOV_MM = 150.0  # images narrower than this are crops taken inside the body: no body check
+def _voxel(props: ImageProperties, lps: np.ndarray) -> np.ndarray:
+    """Continuous voxel index (i, j, k) of an LPS point."""
+    return (np.linalg.inv(props.lps_affine) @ np.append(lps, 1.0))[:3]
+
+
+def check_points(ct: np.ndarray, props: ImageProperties, points_lps: np.ndarray, labels: Sequence[str],
+                 image: str) -> list[np.ndarray]:
+    """The voxel of each point, once every point is checked: inside the image, on tissue, inside the body.
+
+    Raises:
+        DataError: naming the point (label and LPS position) and the fault: outside the image, in air (no
+            voxel above -800 HU within 3 mm), or outside the body (on a whole CT: not inside the largest
+            tissue region of its axial slice, holes filled).
+    """
+    shape = np.asarray(ct.shape[:3])
+    spacing = np.asarray(props.spacing[:3], dtype=float)
+    fov = shape * spacing
+    out = []
+    for lps, label in zip(np.asarray(points_lps, dtype=float).reshape(-1, 3), labels):
+        name = f"point {label} at LPS ({', '.join(f'{v:.1f}' for v in lps)}) mm"
+        ijk = _voxel(props, lps)
+        if np.any(ijk < -0.5) or np.any(ijk > shape - 0.5):
+            lo, hi = props.lps_affine @ np.r_[-0.5, -0.5, -0.5, 1], props.lps_affine @ np.r_[shape - 0.5, 1]
+            raise DataError(f"{image}: {name} lies outside the image (voxel {np.round(ijk, 1).tolist()} of "
+                            f"{shape.tolist()}; the image spans LPS {np.round(np.minimum(lo, hi)[:3], 1).tolist()} to "
+                            f"{np.round(np.maximum(lo, hi)[:3], 1).tolist()}); check the coordinate system (LPS or RAS)")
+        v = np.clip(np.rint(ijk).astype(int), 0, shape - 1)
+        r = np.ceil(TISSUE_RADIUS_MM / spacing).astype(int)
+        box = tuple(slice(max(0, c - n), c + n + 1) for c, n in zip(v, r))
+        grid = np.meshgrid(*[(np.arange(s.start, min(s.stop, n)) - c) * sp
+                             for s, c, sp, n in zip(box, v, spacing, shape)], indexing="ij")
+        near = sum(g ** 2 for g in grid) <= TISSUE_RADIUS_MM ** 2
+        densest = float(np.asarray(ct[box])[near].max())
+        if densest <= AIR_HU:
+            raise DataError(f"{image}: {name} lies in air or lung (densest voxel within {TISSUE_RADIUS_MM:g} mm: "
+                            f"{densest:.0f} HU); place the point on the nodule")
+        axial = int(np.argmax(np.abs(props.lps_affine[2, :3])))
+        in_plane = [a for a in range(3) if a != axial]
+        if min(fov[in_plane]) >= BODY_CHECK_MIN_FOV_MM:
+            plane = np.take(np.asarray(ct), v[axial], axis=axial) > BODY_HU
+            lab, n = ndimage.label(plane)
+            if n:
+                body = ndimage.binary_fill_holes(lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1))
+                if not body[tuple(v[a] for a in in_plane)]:
+                    raise DataError(f"{image}: {name} lies outside the body on its axial slice {v[axial]}; place "
+                                    "the point on the nodule")
+        out.append(ijk)
+    return out

@@ -8,7 +8,8 @@
 - :mod:`~monai_pipeline.io.reader`: one MONAI ``ImageReader`` (:class:`VolumeReader`) over all of the above;
 - :mod:`~monai_pipeline.io.terminology`: SNOMED CT codes and colours of segment names;
 - :mod:`~monai_pipeline.io.dicom_seg`: DICOM SEG out (highdicom);
-- :mod:`~monai_pipeline.io.rtstruct`: DICOM RT Structure Sets, read and rasterised on an image's grid.
+- :mod:`~monai_pipeline.io.rtstruct`: DICOM RT Structure Sets, read and rasterised on an image's grid;
+- :mod:`~monai_pipeline.io.markups`: 3D Slicer markups JSON: point lists in (LPS or RAS), lines out.
 
 Every public name of these modules is available here too (``monai_pipeline.io.write_nifti``); the
 modules are imported on first use, so configs that write ``$monai_pipeline.io.lock_folder(...)`` stay cheap.
@@ -16,7 +17,7 @@ modules are imported on first use, so configs that write ``$monai_pipeline.io.lo
 
 import importlib
 
-_MODULES = ("atomic", "images", "naming", "slices", "dicom", "reader", "terminology", "dicom_seg", "rtstruct")
+_MODULES = ("atomic", "images", "naming", "slices", "dicom", "reader", "terminology", "dicom_seg", "rtstruct", "markups")
 
 
 def __getattr__(name: str):

@@ -14,14 +14,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from monai_pipeline.errors import DataError
 from monai_pipeline.io.atomic import atomic_write_text
 
-__all__ = ["SCHEMA", "PointSet", "read_points", "parse_point", "write_line", "write_points"]
+__all__ = ["SCHEMA", "PointSet", "read_points", "parse_point", "load_points", "write_line", "write_points"]
 
 SCHEMA = "https://raw.githubusercontent.com/slicer/slicer/main/Modules/Loadable/Markups/Resources/Schema/markups-schema-v1.0.3.json#"
 _LPS_RAS = np.array([-1.0, -1.0, 1.0])  # LPS <-> RAS: negate x and y
@@ -106,6 +106,37 @@ def parse_point(text: str, coordinate_system: str | None) -> np.ndarray:
         raise DataError(f"point {text!r}: expected three numbers x,y,z in mm (or a .mrk.json file)")
     sign = _LPS_RAS if _system(coordinate_system, f"point {text!r}") == "RAS" else np.ones(3)
     return pos * sign
+
+
+def load_points(points: str | os.PathLike | Sequence[Any] | np.ndarray, coordinate_system: str | None = None) -> PointSet:
+    """Points as LPS millimetres from a ``.mrk.json`` file, ``"x,y,z"`` strings, or an ``(N, 3)`` array.
+
+    Numbers need ``coordinate_system`` (``LPS`` or ``RAS``); a markups file states its own.
+
+    Raises:
+        DataError: a file that is not a Slicer point list, numbers without a coordinate system, no point.
+    """
+    if isinstance(points, np.ndarray):
+        items: list[Any] = [",".join(str(v) for v in row) for row in np.asarray(points, float).reshape(-1, 3)]
+    elif isinstance(points, (str, os.PathLike)):
+        items = [points]
+    else:
+        items = list(points)
+    lps, labels, sources = [], [], []
+    for item in items:
+        text = str(item)
+        if text.lower().endswith(".json") or Path(text).is_file():
+            found = read_points(text)
+            lps.extend(found.lps)
+            labels.extend(found.labels)
+            sources.append(found.source)
+        else:
+            lps.append(parse_point(text, coordinate_system))
+            labels.append(f"P-{len(labels) + 1}")
+            sources.append(f"numbers ({str(coordinate_system).upper()})")
+    if not lps:
+        raise DataError("no point given: pass --points x,y,z (with --coordinate-system) or a .mrk.json point list")
+    return PointSet(np.asarray(lps, dtype=float), tuple(labels), "; ".join(dict.fromkeys(sources)))
 
 
 def _control_point(k: int, label: str, lps: Sequence[float]) -> dict:
