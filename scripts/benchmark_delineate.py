@@ -37,14 +37,10 @@ from _provenance import cpu_tag, machine_provenance  # noqa: E402
 from monai_pipeline.app.delineate import delineate  # noqa: E402
 from monai_pipeline.data.datasets import lidc_split  # noqa: E402
 from monai_pipeline.evaluation.measure import lesion_measures  # noqa: E402
+from monai_pipeline.evaluation.metrics import dice  # noqa: E402
 from monai_pipeline.io.atomic import atomic_write_text  # noqa: E402
 from monai_pipeline.io.images import ImageProperties, read_image, write_image  # noqa: E402
 
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    s = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / s) if s else 1.0
 
 
 def centroid_lps(mask: np.ndarray, props: ImageProperties) -> str:

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from _provenance import cpu_tag, machine_provenance  # noqa: E402
 from monai_pipeline.app.delineate import CropSegmenter, _component_at  # noqa: E402
 from monai_pipeline.data.datasets import lidc_split  # noqa: E402
+from monai_pipeline.evaluation.metrics import dice  # noqa: E402
 from monai_pipeline.io.atomic import atomic_write_text  # noqa: E402
 from monai_pipeline.io.images import read_image  # noqa: E402
 
@@ -42,11 +43,6 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
 COMPONENTS = ("all", "centre")
 BASELINE = ("none", 0.5, "all")
 
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    s = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / s) if s else 1.0
 
 
 def probabilities(model: CropSegmenter, image: str, flips: list) -> np.ndarray:

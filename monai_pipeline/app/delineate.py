@@ -248,8 +248,9 @@ def delineate(image: str | os.PathLike, points: str | os.PathLike | Sequence[Any
                     warnings.append(f"point {label}: the lesion still touches its crop at the {cap_mm:g} mm cap; "
                                     "its mask may be cut off there")
                 labels[box][comp & (labels[box] == 0)] = n
-            full = labels == n
-            measures[n] = lesion_measures(full, props.lps_affine)
+            box_affine = props.lps_affine.copy()  # the lesion lies inside its box: measure there, not over the CT
+            box_affine[:3, 3] = (props.lps_affine @ np.r_[[s.start for s in box], 1.0])[:3]
+            measures[n] = lesion_measures(labels[box] == n, box_affine)
             row.update(measures[n])
             rows.append(row)
     for w in warnings:
