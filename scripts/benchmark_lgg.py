@@ -204,6 +204,24 @@ def cv_summary(results: Path, num_folds: int) -> int:
         "per_patient": rows,
         "command": "python scripts/benchmark_lgg.py --cv-summary",
     }
+    levers = {k: json.loads((results / f"lgg_cv_levers_fold{k}.json").read_text()) for k in folds
+              if (results / f"lgg_cv_levers_fold{k}.json").is_file()}
+    if levers:  # scripts/select_lgg_levers.py: each fold's inference levers chosen on its own selection patients
+        chosen = [dict(patient=r["patient"], dice=r["chosen"], fold=k) for k, lv in levers.items()
+                  for r in lv["per_patient"]]
+        cd = [r["dice"] for r in chosen]
+        summary["with_levers"] = {
+            "note": "each fold's model with the inference levers (flip TTA, threshold, largest 3D component) its own "
+                    "selection patients chose (scripts/select_lgg_levers.py); folds without a lever result are "
+                    "left out, so compare with the baseline over the same folds",
+            "folds": sorted(levers), "n_patients_scored": len(chosen),
+            "mean_patient_dice": round(statistics.fmean(cd), 4), "median_patient_dice": round(statistics.median(cd), 4),
+            "mean_ci95_bootstrap": _bootstrap_ci(cd, np.mean), "median_ci95_bootstrap": _bootstrap_ci(cd, np.median),
+            "baseline_same_folds_mean": round(statistics.fmean(
+                r["baseline"] for lv in levers.values() for r in lv["per_patient"]), 4),
+            "chosen_per_fold": {k: lv["chosen"] for k, lv in levers.items()},
+            "per_patient": chosen,
+        }
     atomic_write_text(results / "lgg_cv_summary.json", json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "per_patient"}, indent=2))
     return 0

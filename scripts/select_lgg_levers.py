@@ -1,0 +1,182 @@
+#!/usr/bin/env python
+"""Inference-time levers for an LGG cross-validation fold's model, chosen on that fold's selection patients only,
+then reported on the fold's held-out patients: flip test-time augmentation, the probability threshold, and 3D
+connected-component post-processing of the patient's stacked slices (Buda et al. 2019 keep the largest).
+
+For one fold of ``scripts/benchmark_lgg.py --fold K`` (model in ``runs/lgg_cv/fold<K>/models``): every patient
+of the fold's selection split (``val``: a tenth of the training folds, the patients that chose the checkpoint;
+never fold K's own patients) is segmented with the brain bundle's own preprocessing, network and inferer; the
+foreground probability is brought back to the slices' own grid (the preprocessing inverted); each variant
+(TTA x threshold x components) is scored by per-patient Dice (all slices stacked). The variant with the best mean
+selection Dice is chosen (a costlier or less simple one must win by more than 0.002); then fold K's patients are
+scored once with the baseline (no TTA, 0.5, all components: what the bundle's evaluate runs) and with the chosen
+variant. The choice is the fold's own: each fold may choose differently, as a nested protocol does.
+
+    .venv/bin/python scripts/select_lgg_levers.py --fold 0
+    .venv/bin/python scripts/benchmark_lgg.py --cv-summary     # pools the lever results too
+
+Writes ``benchmarks/results/lgg_cv_levers_fold<K>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from _provenance import machine_provenance  # noqa: E402
+from monai_pipeline.app.delineate import CropSegmenter  # noqa: E402
+from monai_pipeline.data.datasets import brain_datalist  # noqa: E402
+from monai_pipeline.evaluation.metrics import dice  # noqa: E402
+from monai_pipeline.io.atomic import atomic_write_text  # noqa: E402
+
+TTA = {"none": [], "flip_lr": [[0]]}  # training flips spatial axis 0 only (RandFlipd in train.json)
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
+COMPONENTS = ("all", "largest")  # largest: 26-connected, over the stacked slices
+BASELINE = ("none", 0.5, "all")
+RESULTS = ROOT / "benchmarks" / "results"
+CV_SPLIT = {"split_mode": "cv", "val_fraction": 0.1, "test_fraction": 0.0}  # as benchmark_lgg.py
+
+
+def probabilities(model: CropSegmenter, item: dict, flips: list) -> np.ndarray:
+    """Foreground probability ``(H, W, S)`` of one patient's stacked slices on the slices' own grid."""
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import Invertd
+
+    from monai_pipeline.engine.tta import FlipInferer
+
+    d = model.preprocessing({"image": item["image"]})
+    img = d["image"]
+    with torch.no_grad():
+        logits = FlipInferer(model.inferer, flips)(img[None].to(model.device), model.network)
+    logits = logits.as_tensor() if isinstance(logits, MetaTensor) else logits
+    d["pred"] = MetaTensor(torch.softmax(logits[0].float().cpu(), dim=0), meta=dict(img.meta))
+    d = Invertd("pred", transform=model.preprocessing, orig_keys="image", nearest_interp=False)(d)
+    return np.asarray(d["pred"][1], dtype=np.float32)
+
+
+def keep_components(mask: np.ndarray, rule: str) -> np.ndarray:
+    """``mask`` ``(H, W, S)`` as it is (``all``) or only its largest 26-connected component (``largest``)."""
+    if rule == "all":
+        return mask
+    from scipy import ndimage
+
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if n < 2:
+        return mask
+    return lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
+
+
+def reference(item: dict) -> np.ndarray:
+    from monai_pipeline.transforms import LoadBrainImaged
+
+    return np.asarray(LoadBrainImaged("label", label=True)({"label": item["label"]})["label"][0]) > 0
+
+
+def score(model: CropSegmenter, items: list[dict], ttas: list[str]) -> tuple[dict, dict]:
+    """Per-patient Dice of every variant ``(tta, threshold, components)``, and seconds per patient per TTA."""
+    per: dict = {v: [] for v in itertools.product(ttas, THRESHOLDS, COMPONENTS)}
+    seconds = {t: 0.0 for t in ttas}
+    for item in items:
+        ref = reference(item)
+        for t in ttas:
+            t0 = time.perf_counter()
+            prob = probabilities(model, item, TTA[t])
+            seconds[t] += time.perf_counter() - t0
+            for th, comp in itertools.product(THRESHOLDS, COMPONENTS):
+                per[(t, th, comp)].append(dice(keep_components(prob > th, comp), ref))
+    return per, {t: s / max(len(items), 1) for t, s in seconds.items()}
+
+
+def _name(v: tuple) -> str:
+    return f"tta={v[0]} threshold={v[1]} components={v[2]}"
+
+
+def choose(means: dict) -> tuple:
+    """The best mean; a costlier TTA, a post-processing step or a threshold further from 0.5 must win by 0.002."""
+    order = sorted(means, key=lambda v: (list(TTA).index(v[0]), COMPONENTS.index(v[2]), abs(v[1] - 0.5)))
+    chosen = order[0]
+    for v in order[1:]:
+        if means[v] > means[chosen] + 0.002:
+            chosen = v
+    return chosen
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--fold", type=int, required=True)
+    ap.add_argument("--num-folds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "lgg_kaggle_3m"))
+    ap.add_argument("--model-dir", default=None, help="default runs/lgg_cv/fold<K>/models")
+    ap.add_argument("--max-cases", type=int, default=None, help="quick check on a subset of patients")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    fold_result = RESULTS / f"lgg_cv_fold{args.fold}.json"
+    model_dir = Path(args.model_dir or ROOT / "runs" / "lgg_cv" / f"fold{args.fold}" / "models")
+    out = Path(args.out) if args.out else RESULTS / f"lgg_cv_levers_fold{args.fold}.json"
+    if not Path(args.data).is_dir():
+        print(f"error: {args.data} not found: point --data at the lgg_kaggle_3m folder", file=sys.stderr)
+        return 2
+    split = {**CV_SPLIT, "fold": args.fold, "num_folds": args.num_folds}
+    sel, test = (brain_datalist(args.data, s, seed=args.seed, max_cases=args.max_cases, validate=False, **split)
+                 for s in ("val", "test"))
+    model = CropSegmenter("brain", model_dir)
+
+    per, cost = score(model, sel, list(TTA))
+    means = {v: statistics.fmean(d) for v, d in per.items()}
+    chosen = choose(means)
+    print(f"fold {args.fold} selection ({len(sel)} patients): baseline {means[BASELINE]:.4f}; "
+          f"chosen {_name(chosen)} {means[chosen]:.4f}")
+    tper, tcost = score(model, test, sorted({BASELINE[0], chosen[0]}, key=list(TTA).index))
+    base, best = tper[BASELINE], tper[chosen]
+    recorded = json.loads(fold_result.read_text()) if fold_result.is_file() else None
+    if recorded:  # the baseline is what the bundle's evaluate measured for the committed fold result
+        was = {r["patient"]: r["dice"] for r in recorded["per_patient"]}
+        for it, a in zip(test, base):
+            if abs(was[it["case_id"]] - a) > 0.002:
+                raise RuntimeError(f"{it['case_id']}: baseline Dice {a:.4f} here but {was[it['case_id']]:.4f} in "
+                                   f"{fold_result.name}: is {model_dir} the model that result measured?")
+    result = {
+        "dataset": "LGG brain MRI (kaggle_3m), patient-level cross-validation fold "
+                   f"{args.fold} of {args.num_folds} (seed {args.seed}), per-patient Dice (all slices stacked)",
+        "model_dir": str(model_dir),
+        "protocol": "every variant scored on the fold's selection patients (a tenth of the training folds; they "
+                    "chose the checkpoint); the best mean chosen there (a costlier TTA, a post-processing step or a "
+                    "threshold further from 0.5 must win by > 0.002); the fold's held-out patients scored only "
+                    "with the baseline and the chosen variant",
+        "fold": args.fold, "num_folds": args.num_folds,
+        "selection_patients": [d["patient"] for d in sel], "val_patients": [d["patient"] for d in test],
+        "selection_mean_dice": {_name(v): round(m, 4) for v, m in sorted(means.items(), key=lambda kv: -kv[1])},
+        "chosen": {"tta": chosen[0], "flips": TTA[chosen[0]], "threshold": chosen[1], "components": chosen[2]},
+        "test": {"baseline": {"variant": _name(BASELINE), "mean_dice": round(statistics.fmean(base), 4),
+                              "median_dice": round(statistics.median(base), 4)},
+                 "chosen": {"variant": _name(chosen), "mean_dice": round(statistics.fmean(best), 4),
+                            "median_dice": round(statistics.median(best), 4)}},
+        "fold_result_mean_dice": recorded["mean_patient_dice"] if recorded else None,
+        "fold_result_git_rev": recorded["git_rev"] if recorded else None,
+        "seconds_per_patient": {t: round(s, 3) for t, s in {**cost, **tcost}.items()},
+        "per_patient": [{"patient": it["patient"], "baseline": round(a, 4), "chosen": round(b, 4)}
+                        for it, a, b in zip(test, base, best)],
+        **machine_provenance("select_lgg_levers.py", list(argv or sys.argv[1:])),
+    }
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("chosen", "test", "fold_result_mean_dice", "seconds_per_patient")},
+                     indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
