@@ -237,3 +237,24 @@ def test_committed_lgg_cv_folds_and_summary_are_consistent():
     assert len(pooled) == len(scored) and abs(statistics.fmean(pooled) - summary["mean_patient_dice"]) < 1e-3
     lo, hi = summary["mean_ci95_bootstrap"]
     assert lo <= summary["mean_patient_dice"] <= hi
+
+    # scripts/select_lgg_levers.py: the baseline per patient is the fold's own result, the chosen variant is the
+    # best on the fold's selection patients (none of them scored by that fold), and the summary pools them
+    levers = {int(f.stem.removeprefix("lgg_cv_levers_fold")): json.loads(f.read_text())
+              for f in sorted((ROOT / "benchmarks" / "results").glob("lgg_cv_levers_fold*.json"))}
+    for k, lv in levers.items():
+        fold = json.loads((ROOT / "benchmarks" / "results" / f"lgg_cv_fold{k}.json").read_text())
+        was = {p["patient"]: p["dice"] for p in fold["per_patient"]}
+        assert [p["patient"] for p in lv["per_patient"]] == fold["val_patients"] == lv["val_patients"]
+        assert not set(lv["selection_patients"]) & set(lv["val_patients"])
+        for p in lv["per_patient"]:
+            assert abs(p["baseline"] - next(v for c, v in was.items() if c.startswith(p["patient"]))) < 2e-3
+        for key in ("baseline", "chosen"):
+            assert abs(statistics.fmean(p[key] for p in lv["per_patient"]) - lv["test"][key]["mean_dice"]) < 1e-3
+        assert lv["selection_mean_dice"][lv["test"]["chosen"]["variant"]] >= max(lv["selection_mean_dice"].values()) - 0.002 - 1e-9
+    if levers:
+        pooled = summary["with_levers"]
+        assert pooled["folds"] == sorted(levers)
+        chosen = [p["chosen"] for lv in levers.values() for p in lv["per_patient"]]
+        assert len(pooled["per_patient"]) == len(chosen)
+        assert abs(statistics.fmean(chosen) - pooled["mean_patient_dice"]) < 1e-3
