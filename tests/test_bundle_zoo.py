@@ -473,6 +473,32 @@ def test_inference_json_parts_segment_a_volume(zoo_bundle, request, tmp_path):
         assert mask.shape == nib.load(str(source)).shape and set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
 
 
+def test_tta_flips_override_averages_the_flipped_passes(zoo_bundle):
+    """``tta_flips`` (flip test-time augmentation, off by default) reaches the bundle's inferer: by default the
+    logits pass through untouched; with ``[[0]]`` the output is the mean of the plain and the flipped-back
+    probabilities (as log-probabilities)."""
+    from monai_pipeline.engine import FlipInferer
+
+    name = short_name(zoo_bundle)
+    meta = json.loads((zoo_bundle / "configs" / "metadata.json").read_text())
+    plain = inference_parser(zoo_bundle, **small(name))
+    net = plain.get_parsed_content("network_def").eval()
+    x = fake_input(meta, n=2)
+    if name == "brain":  # the brain bundle's SliceInferer runs a stack of 2D slices (B, C, H, W, slices)
+        x = torch.stack([x, x.flip(3)], dim=-1)
+    x = x + torch.linspace(0, 1, x.shape[2]).view(1, 1, -1, *([1] * (x.ndim - 3)))  # not symmetric along axis 0
+    with torch.no_grad():
+        default = plain.get_parsed_content("inferer")
+        assert isinstance(default, FlipInferer) and default.flips == []
+        base = default(x, net)
+        tta = inference_parser(zoo_bundle, tta_flips=[[0]], **small(name)).get_parsed_content("inferer")
+        assert isinstance(tta, FlipInferer) and tta.flips == [(0,)]
+        out = tta(x, net)
+        flipped = torch.flip(plain.get_parsed_content("inferer")(torch.flip(x, [2]), net), [2])
+    expected = torch.log((torch.softmax(base.float(), 1) + torch.softmax(flipped.float(), 1)) / 2)
+    assert torch.allclose(out, expected, atol=1e-4) and not torch.allclose(out, base.float(), atol=1e-4)
+
+
 def test_verify_net_in_out(zoo_bundle):
     from monai.bundle import verify_net_in_out
 
