@@ -24,6 +24,7 @@ Progress is the bundle's epoch log. A run continues from the latest checkpoint i
 
     .venv/bin/python scripts/benchmark_lgg.py --fold 0 --epochs 100 --set 'channels=[1]'   # folds 0..4, one per run
     .venv/bin/python scripts/benchmark_lgg.py --cv-summary                                  # pool the folds done
+    .venv/bin/python scripts/benchmark_lgg.py --all-folds --epochs 100 --set 'channels=[1]'  # all of it, resumable
 
 ``--fold K`` trains on the other four folds (the bundle's ``split_mode cv``: a tenth of their patients choose the
 checkpoint and stop early; fold K's patients choose nothing), evaluates fold K and writes
@@ -83,7 +84,12 @@ def main(argv=None) -> int:
     ap.add_argument("--fold", type=int, help="cross-validation: train on the other folds, score this one")
     ap.add_argument("--num-folds", type=int, default=5)
     ap.add_argument("--cv-summary", action="store_true", help="pool the committed fold results (no training)")
+    ap.add_argument("--all-folds", action="store_true",
+                    help="every fold in turn (a fold whose result exists is skipped, a started one resumes), each "
+                         "with its inference levers (select_lgg_levers.py), then --cv-summary")
     args = ap.parse_args(argv)
+    if args.all_folds:
+        return all_folds(list(argv if argv is not None else sys.argv[1:]), args)
     if args.cv_summary:
         return cv_summary(Path(args.out).parent if args.out != DEFAULT_OUT else RESULTS, args.num_folds)
     cv = args.fold is not None
@@ -165,6 +171,22 @@ def main(argv=None) -> int:
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k not in ("per_patient",)}, indent=2))
     return 0
+
+
+def all_folds(argv: list[str], args: argparse.Namespace) -> int:
+    """Run ``--fold K`` for every fold without a result file, then its lever selection, then the summary."""
+    import select_lgg_levers
+
+    rest = [a for a in argv if a != "--all-folds"]
+    for k in range(args.num_folds):
+        if not (RESULTS / f"lgg_cv_fold{k}.json").is_file():
+            if main(rest + ["--fold", str(k)]) != 0:
+                return 1
+        if not (RESULTS / f"lgg_cv_levers_fold{k}.json").is_file():
+            if select_lgg_levers.main(["--fold", str(k), "--num-folds", str(args.num_folds), "--seed",
+                                       str(args.seed), "--data", args.data]) != 0:
+                return 1
+    return cv_summary(RESULTS, args.num_folds)
 
 
 def _bootstrap_ci(values: list[float], stat, n: int = 10000, seed: int = 0) -> list[float]:

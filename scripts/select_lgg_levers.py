@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from _provenance import machine_provenance  # noqa: E402
+from benchmark_lgg import CV_SPLIT, RESULTS  # noqa: E402  (the folds as the benchmark draws them)
 from monai_pipeline.app.delineate import CropSegmenter  # noqa: E402
 from monai_pipeline.data.datasets import brain_datalist  # noqa: E402
 from monai_pipeline.evaluation.metrics import dice  # noqa: E402
@@ -44,8 +45,6 @@ TTA = {"none": [], "flip_lr": [[0]]}  # training flips spatial axis 0 only (Rand
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
 COMPONENTS = ("all", "largest")  # largest: 26-connected, over the stacked slices
 BASELINE = ("none", 0.5, "all")
-RESULTS = ROOT / "benchmarks" / "results"
-CV_SPLIT = {"split_mode": "cv", "val_fraction": 0.1, "test_fraction": 0.0}  # as benchmark_lgg.py
 
 
 def probabilities(model: CropSegmenter, item: dict, flips: list) -> np.ndarray:

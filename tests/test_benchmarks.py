@@ -258,3 +258,34 @@ def test_committed_lgg_cv_folds_and_summary_are_consistent():
         chosen = [p["chosen"] for lv in levers.values() for p in lv["per_patient"]]
         assert len(pooled["per_patient"]) == len(chosen)
         assert abs(statistics.fmean(chosen) - pooled["mean_patient_dice"]) < 1e-3
+
+
+def test_lgg_all_folds_runs_the_missing_folds_then_their_levers_then_the_summary(tmp_path, monkeypatch):
+    """``benchmark_lgg.py --all-folds``: a fold with a result is skipped, the others run with ``--fold K`` (each
+    resumes on its own), each fold's levers are selected once, and the summary pools what is there."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import benchmark_lgg
+    import select_lgg_levers
+
+    (tmp_path / "lgg_cv_fold0.json").write_text("{}")
+    (tmp_path / "lgg_cv_levers_fold0.json").write_text("{}")
+    (tmp_path / "lgg_cv_fold1.json").write_text("{}")  # fold 1 trained, its levers not yet selected
+    calls = []
+
+    def fake_main(argv):
+        calls.append(("fold", argv))
+        (tmp_path / f"lgg_cv_fold{argv[argv.index('--fold') + 1]}.json").write_text("{}")
+        return 0
+
+    def fake_levers(argv):
+        calls.append(("levers", argv[1]))
+        return 0
+
+    monkeypatch.setattr(benchmark_lgg, "RESULTS", tmp_path)
+    monkeypatch.setattr(benchmark_lgg, "main", fake_main)
+    monkeypatch.setattr(select_lgg_levers, "main", fake_levers)
+    monkeypatch.setattr(benchmark_lgg, "cv_summary", lambda results, n: calls.append(("summary", n)) or 0)
+    args = benchmark_lgg.argparse.Namespace(num_folds=3, seed=0, data="d")
+    assert benchmark_lgg.all_folds(["--all-folds", "--epochs", "100", "--num-folds", "3"], args) == 0
+    assert calls == [("levers", "1"), ("fold", ["--epochs", "100", "--num-folds", "3", "--fold", "2"]),
+                     ("levers", "2"), ("summary", 3)]
