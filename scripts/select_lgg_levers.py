@@ -120,9 +120,12 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "lgg_kaggle_3m"))
     ap.add_argument("--model-dir", default=None, help="default runs/lgg_cv/fold<K>/models")
     ap.add_argument("--max-cases", type=int, default=None, help="quick check on a subset of patients")
+    ap.add_argument("--fold-result", default=None,
+                    help="the fold's benchmark_lgg.py result the baseline must reproduce (default "
+                         "benchmarks/results/lgg_cv_fold<K>.json)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    fold_result = RESULTS / f"lgg_cv_fold{args.fold}.json"
+    fold_result = Path(args.fold_result) if args.fold_result else RESULTS / f"lgg_cv_fold{args.fold}.json"
     model_dir = Path(args.model_dir or ROOT / "runs" / "lgg_cv" / f"fold{args.fold}" / "models")
     out = Path(args.out) if args.out else RESULTS / f"lgg_cv_levers_fold{args.fold}.json"
     if not Path(args.data).is_dir():

@@ -187,6 +187,33 @@ def test_normalisation_is_per_slice_and_channel():
     torch.testing.assert_close(alone, out[..., 1])
 
 
+def test_flair_copies_replace_other_channels_at_the_rate_asked():
+    """RandCopyChanneld: each non-FLAIR channel becomes a FLAIR copy with probability ``prob``, independently;
+    FLAIR and the meta data stay; the train config enables it only with ``flair_copy_prob`` > 0 and several
+    channels."""
+    from monai.data import MetaTensor
+
+    from monai_pipeline.app.bundles import resolve
+    from monai_pipeline.transforms import RandCopyChanneld
+
+    t = RandCopyChanneld("image", source=1, prob=0.25)
+    t.set_random_state(0)
+    x = MetaTensor(torch.arange(3.0).reshape(3, 1, 1, 1).repeat(1, 4, 4, 2), affine=torch.eye(4) * 2)
+    outs = [t({"image": x})["image"] for _ in range(2000)]
+    copied = torch.stack([(o[:, 0, 0, 0] == 1.0) for o in outs]).float().mean(0)
+    assert abs(copied[0] - 0.25) < 0.03 and abs(copied[2] - 0.25) < 0.03 and copied[1] == 1.0
+    assert all(torch.equal(o.affine, x.affine) for o in outs[:5]) and torch.equal(x[:, 0, 0, 0], torch.arange(3.0))
+    with pytest.raises(ValueError, match="source channel 3"):
+        RandCopyChanneld("image", source=3)({"image": x})
+
+    def enabled(**kw):
+        (chain,) = resolve("brain", "train", ["train#random_transforms"], **kw)
+        return [c.channel_prob for c in chain if isinstance(c, RandCopyChanneld)]
+
+    assert enabled() == [] and enabled(flair_copy_prob=0.2) == []  # the default: FLAIR alone, nothing to copy
+    assert enabled(flair_copy_prob=0.2, channels=[0, 1, 2]) == [0.2] and enabled(channels=[0, 1, 2]) == []
+
+
 # -------------------------------------------------------------------------------------------- metrics
 def test_per_patient_dice_hand_checked(tmp_path):
     """Patient A: slice 1 pred 4 px / label 4 px / overlap 2; slice 2 pred 0 / label 2; slice 3 both empty.

@@ -13,7 +13,8 @@ MONAI class by MONAI class, so a config reads as the pipeline. Configs name thes
 from monai_pipeline.transforms.ct import BodyRegion, LungRegion
 from monai_pipeline.transforms.load import LoadVolumed
 from monai_pipeline.transforms.resample import ResampleToSourced
-from monai_pipeline.transforms.slices import SLICE_STACK_AFFINE, BrainNormalized, BrainSlicesd, LoadBrainImaged
+from monai_pipeline.transforms.slices import (SLICE_STACK_AFFINE, BrainNormalized, BrainSlicesd, LoadBrainImaged,
+                                             RandCopyChanneld)
 
 __all__ = ["LoadVolumed", "BodyRegion", "LungRegion", "ResampleToSourced", "LoadBrainImaged", "BrainNormalized", "BrainSlicesd",
-           "SLICE_STACK_AFFINE"]
+           "RandCopyChanneld", "SLICE_STACK_AFFINE"]

@@ -9,14 +9,14 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import LoadImage, MapTransform
+from monai.transforms import LoadImage, MapTransform, RandomizableTransform
 
 from monai_pipeline.io.images import LPS_TO_RAS
 from monai_pipeline.io.naming import is_slice_file
 from monai_pipeline.io.reader import VolumeReader
 from monai_pipeline.io.slices import read_slice
 
-__all__ = ["LoadBrainImaged", "BrainNormalized", "BrainSlicesd", "SLICE_STACK_AFFINE"]
+__all__ = ["LoadBrainImaged", "BrainNormalized", "BrainSlicesd", "RandCopyChanneld", "SLICE_STACK_AFFINE"]
 
 # Stacks of 2D slices are arrays (C, W, H, N) in MONAI's (column, row) order with an LPS-aligned affine
 # diag(-1, -1, 1): a slice's columns run from the patient's right to left and its rows from anterior to
@@ -151,4 +151,47 @@ class BrainSlicesd(MapTransform):
             idx = torch.nonzero(keep).flatten()
             for key in self.key_iterator(d):
                 d[key] = d[key][..., idx]
+        return d
+
+
+class RandCopyChanneld(RandomizableTransform, MapTransform):
+    """Replace channels with a copy of ``source``, as the LGG collection did for a patient's missing sequence.
+
+    In LGG (kaggle_3m) 8 of 55 patients have a FLAIR copy where the pre- or post-contrast T1 is missing; training
+    with this transform (``channels`` ``[0, 1, 2]``, ``source`` 1 = FLAIR) shows the network such patients, so it
+    can lean on T1 where T1 exists without failing where it does not.
+
+    Args:
+        keys: image keys, ``(C, ...)`` (any spatial shape).
+        source: index of the channel copied.
+        prob: probability, per channel other than ``source``, that it becomes a copy of ``source``.
+    """
+
+    def __init__(self, keys: KeysCollection = "image", source: int = 1, prob: float = 0.15,
+                 allow_missing_keys: bool = False) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob=1.0)
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"prob must be within [0, 1], got {prob}")
+        self.source, self.channel_prob = int(source), float(prob)
+        self._copy: list[int] = []
+
+    def randomize(self, num_channels: int) -> None:
+        draws = self.R.random_sample(num_channels)
+        self._copy = [c for c in range(num_channels) if c != self.source and draws[c] < self.channel_prob]
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        first = next(iter(self.key_iterator(d)), None)
+        if first is None:
+            return d
+        channels = d[first].shape[0]
+        if not 0 <= self.source < channels:
+            raise ValueError(f"source channel {self.source} does not exist in an image of {channels} channels")
+        self.randomize(channels)
+        for key in self.key_iterator(d):
+            if self._copy:
+                img = d[key].clone()
+                img[self._copy] = img[self.source].clone()
+                d[key] = img
         return d
