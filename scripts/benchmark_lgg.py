@@ -30,7 +30,9 @@ Progress is the bundle's epoch log. A run continues from the latest checkpoint i
 checkpoint and stop early; fold K's patients choose nothing), evaluates fold K and writes
 ``benchmarks/results/lgg_cv_fold<K>.json`` (work folder ``runs/lgg_cv/fold<K>``, resumable). ``--cv-summary`` pools
 the per-patient Dice of every fold result present into ``lgg_cv_summary.json``: mean and median with bootstrap
-95 % intervals, and which folds are done.
+95 % intervals, and which folds are done. ``--cv-name NAME`` keeps another recipe's cross-validation apart
+(``lgg_NAME_fold<K>.json``, ``runs/lgg_NAME/``): ``cv`` is FLAIR alone; ``cv3`` is the three sequences with FLAIR
+copies in training (``--cv-name cv3 --set 'channels=[0,1,2]' --set flair_copy_prob=0.15``).
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ def main(argv=None) -> int:
     ap.add_argument("--fold", type=int, help="cross-validation: train on the other folds, score this one")
     ap.add_argument("--num-folds", type=int, default=5)
     ap.add_argument("--cv-summary", action="store_true", help="pool the committed fold results (no training)")
+    ap.add_argument("--cv-name", default="cv", help="name of the cross-validation's files (another recipe, apart)")
     ap.add_argument("--all-folds", action="store_true",
                     help="every fold in turn (a fold whose result exists is skipped, a started one resumes), each "
                          "with its inference levers (select_lgg_levers.py), then --cv-summary")
@@ -91,13 +94,13 @@ def main(argv=None) -> int:
     if args.all_folds:
         return all_folds(list(argv if argv is not None else sys.argv[1:]), args)
     if args.cv_summary:
-        return cv_summary(Path(args.out).parent if args.out != DEFAULT_OUT else RESULTS, args.num_folds)
+        return cv_summary(Path(args.out).parent if args.out != DEFAULT_OUT else RESULTS, args.num_folds, args.cv_name)
     cv = args.fold is not None
     if cv:
         if args.work == DEFAULT_WORK:
-            args.work = str(ROOT / "runs" / "lgg_cv" / f"fold{args.fold}")
+            args.work = str(ROOT / "runs" / f"lgg_{args.cv_name}" / f"fold{args.fold}")
         if args.out == DEFAULT_OUT:
-            args.out = str(RESULTS / f"lgg_cv_fold{args.fold}.json")
+            args.out = str(RESULTS / f"lgg_{args.cv_name}_fold{args.fold}.json")
 
     data, brats = Path(args.data), Path(args.brats)
     if not data.is_dir():
@@ -179,14 +182,14 @@ def all_folds(argv: list[str], args: argparse.Namespace) -> int:
 
     rest = [a for a in argv if a != "--all-folds"]
     for k in range(args.num_folds):
-        if not (RESULTS / f"lgg_cv_fold{k}.json").is_file():
+        if not (RESULTS / f"lgg_{args.cv_name}_fold{k}.json").is_file():
             if main(rest + ["--fold", str(k)]) != 0:
                 return 1
-        if not (RESULTS / f"lgg_cv_levers_fold{k}.json").is_file():
+        if not (RESULTS / f"lgg_{args.cv_name}_levers_fold{k}.json").is_file():
             if select_lgg_levers.main(["--fold", str(k), "--num-folds", str(args.num_folds), "--seed",
-                                       str(args.seed), "--data", args.data]) != 0:
+                                       str(args.seed), "--data", args.data, "--cv-name", args.cv_name]) != 0:
                 return 1
-    return cv_summary(RESULTS, args.num_folds)
+    return cv_summary(RESULTS, args.num_folds, args.cv_name)
 
 
 def _bootstrap_ci(values: list[float], stat, n: int = 10000, seed: int = 0) -> list[float]:
@@ -198,17 +201,17 @@ def _bootstrap_ci(values: list[float], stat, n: int = 10000, seed: int = 0) -> l
     return [round(float(np.percentile(stats, 2.5)), 4), round(float(np.percentile(stats, 97.5)), 4)]
 
 
-def cv_summary(results: Path, num_folds: int) -> int:
-    """Pool the per-patient Dice of every ``lgg_cv_fold<K>.json`` present into ``lgg_cv_summary.json``."""
+def cv_summary(results: Path, num_folds: int, name: str = "cv") -> int:
+    """Pool the per-patient Dice of every ``lgg_<name>_fold<K>.json`` present into ``lgg_<name>_summary.json``."""
     import numpy as np
 
     folds = {}
     for k in range(num_folds):
-        path = results / f"lgg_cv_fold{k}.json"
+        path = results / f"lgg_{name}_fold{k}.json"
         if path.is_file():
             folds[k] = json.loads(path.read_text())
     if not folds:
-        print(f"error: no lgg_cv_fold<K>.json in {results}", file=sys.stderr)
+        print(f"error: no lgg_{name}_fold<K>.json in {results}", file=sys.stderr)
         return 2
     rows = [dict(r, fold=k) for k, f in folds.items() for r in f["per_patient"]]
     seen = [r["patient"] for r in rows]
@@ -226,8 +229,8 @@ def cv_summary(results: Path, num_folds: int) -> int:
         "per_patient": rows,
         "command": "python scripts/benchmark_lgg.py --cv-summary",
     }
-    levers = {k: json.loads((results / f"lgg_cv_levers_fold{k}.json").read_text()) for k in folds
-              if (results / f"lgg_cv_levers_fold{k}.json").is_file()}
+    levers = {k: json.loads((results / f"lgg_{name}_levers_fold{k}.json").read_text()) for k in folds
+              if (results / f"lgg_{name}_levers_fold{k}.json").is_file()}
     if levers:  # scripts/select_lgg_levers.py: each fold's inference levers chosen on its own selection patients
         chosen = [dict(patient=r["patient"], dice=r["chosen"], fold=k) for k, lv in levers.items()
                   for r in lv["per_patient"]]
@@ -244,7 +247,7 @@ def cv_summary(results: Path, num_folds: int) -> int:
             "chosen_per_fold": {k: lv["chosen"] for k, lv in levers.items()},
             "per_patient": chosen,
         }
-    atomic_write_text(results / "lgg_cv_summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(results / f"lgg_{name}_summary.json", json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "per_patient"}, indent=2))
     return 0
 

@@ -15,7 +15,7 @@ variant. The choice is the fold's own: each fold may choose differently, as a ne
     .venv/bin/python scripts/select_lgg_levers.py --fold 0
     .venv/bin/python scripts/benchmark_lgg.py --cv-summary     # pools the lever results too
 
-Writes ``benchmarks/results/lgg_cv_levers_fold<K>.json``.
+Writes ``benchmarks/results/lgg_<cv-name>_levers_fold<K>.json`` (``--cv-name`` as benchmark_lgg.py's, default ``cv``).
 """
 
 from __future__ import annotations
@@ -118,16 +118,17 @@ def main(argv=None) -> int:
     ap.add_argument("--num-folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "lgg_kaggle_3m"))
-    ap.add_argument("--model-dir", default=None, help="default runs/lgg_cv/fold<K>/models")
+    ap.add_argument("--cv-name", default="cv", help="benchmark_lgg.py --cv-name of the fold (default cv)")
+    ap.add_argument("--model-dir", default=None, help="default runs/lgg_<cv-name>/fold<K>/models")
     ap.add_argument("--max-cases", type=int, default=None, help="quick check on a subset of patients")
     ap.add_argument("--fold-result", default=None,
                     help="the fold's benchmark_lgg.py result the baseline must reproduce (default "
-                         "benchmarks/results/lgg_cv_fold<K>.json)")
+                         "benchmarks/results/lgg_<cv-name>_fold<K>.json)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    fold_result = Path(args.fold_result) if args.fold_result else RESULTS / f"lgg_cv_fold{args.fold}.json"
-    model_dir = Path(args.model_dir or ROOT / "runs" / "lgg_cv" / f"fold{args.fold}" / "models")
-    out = Path(args.out) if args.out else RESULTS / f"lgg_cv_levers_fold{args.fold}.json"
+    fold_result = Path(args.fold_result) if args.fold_result else RESULTS / f"lgg_{args.cv_name}_fold{args.fold}.json"
+    model_dir = Path(args.model_dir or ROOT / "runs" / f"lgg_{args.cv_name}" / f"fold{args.fold}" / "models")
+    out = Path(args.out) if args.out else RESULTS / f"lgg_{args.cv_name}_levers_fold{args.fold}.json"
     if not Path(args.data).is_dir():
         print(f"error: {args.data} not found: point --data at the lgg_kaggle_3m folder", file=sys.stderr)
         return 2

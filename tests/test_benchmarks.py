@@ -213,25 +213,43 @@ def test_committed_nsclc_result_has_provenance():
         assert abs(burden["tumour_right_ml"] + burden["tumour_left_ml"] - burden["tumour_ml"]) < 0.05
 
 
+def _lgg_cv_names() -> list[str]:
+    """The cross-validations committed (``benchmark_lgg.py --cv-name``): ``cv`` for lgg_cv_fold<K>.json, ..."""
+    import re
+
+    stems = [f.stem for f in (ROOT / "benchmarks" / "results").glob("lgg_*_fold*.json")]
+    return sorted({m.group(1) for s in stems if (m := re.fullmatch(r"lgg_(.+)_fold\d+", s))
+                   and not m.group(1).endswith("_levers")})
+
+
 def test_committed_lgg_cv_folds_and_summary_are_consistent():
-    """Cross-validation folds (scripts/benchmark_lgg.py --fold K): each fold's patients are its own test set, no
-    patient scored twice, and the pooled summary follows from the fold results present."""
+    """Cross-validation folds (scripts/benchmark_lgg.py --fold K [--cv-name NAME]): each fold's patients are its own
+    test set, no patient scored twice, the pooled summary follows from the fold results present, and so do the
+    inference levers chosen per fold (scripts/select_lgg_levers.py)."""
+    names = _lgg_cv_names()
+    if not names:
+        pytest.skip("no cross-validation fold committed yet (scripts/benchmark_lgg.py --fold K)")
+    assert "cv" in names
+    for name in names:
+        _check_lgg_cv(name)
+
+
+def _check_lgg_cv(name: str) -> None:
     import statistics
 
-    folds = sorted((ROOT / "benchmarks" / "results").glob("lgg_cv_fold*.json"))
-    if not folds:
-        pytest.skip("no cross-validation fold committed yet (scripts/benchmark_lgg.py --fold K)")
+    results = ROOT / "benchmarks" / "results"
+    folds = sorted(results.glob(f"lgg_{name}_fold*.json"))
     scored = []
     for f in folds:
         r = json.loads(f.read_text())
         per = [p["dice"] for p in r["per_patient"]]
-        assert r["cv"]["fold"] == int(f.stem.removeprefix("lgg_cv_fold")) and len(per) == r["n_val_patients"]
+        assert r["cv"]["fold"] == int(f.stem.removeprefix(f"lgg_{name}_fold")) and len(per) == r["n_val_patients"]
         assert not set(r["val_patients"]) & (set(r["train_patients"]) | set(r["selection_patients"]))
         assert abs(statistics.fmean(per) - r["mean_patient_dice"]) < 1e-3
         assert "scripts/benchmark_lgg.py" in r["command"] and "--fold" in r["command"]
         scored += r["val_patients"]
     assert len(scored) == len(set(scored))
-    summary = json.loads((ROOT / "benchmarks" / "results" / "lgg_cv_summary.json").read_text())
+    summary = json.loads((results / f"lgg_{name}_summary.json").read_text())
     assert summary["folds_done"] == sorted(json.loads(f.read_text())["cv"]["fold"] for f in folds)
     pooled = [p["dice"] for p in summary["per_patient"]]
     assert len(pooled) == len(scored) and abs(statistics.fmean(pooled) - summary["mean_patient_dice"]) < 1e-3
@@ -240,10 +258,10 @@ def test_committed_lgg_cv_folds_and_summary_are_consistent():
 
     # scripts/select_lgg_levers.py: the baseline per patient is the fold's own result, the chosen variant is the
     # best on the fold's selection patients (none of them scored by that fold), and the summary pools them
-    levers = {int(f.stem.removeprefix("lgg_cv_levers_fold")): json.loads(f.read_text())
-              for f in sorted((ROOT / "benchmarks" / "results").glob("lgg_cv_levers_fold*.json"))}
+    levers = {int(f.stem.removeprefix(f"lgg_{name}_levers_fold")): json.loads(f.read_text())
+              for f in sorted(results.glob(f"lgg_{name}_levers_fold*.json"))}
     for k, lv in levers.items():
-        fold = json.loads((ROOT / "benchmarks" / "results" / f"lgg_cv_fold{k}.json").read_text())
+        fold = json.loads((results / f"lgg_{name}_fold{k}.json").read_text())
         was = {p["patient"]: p["dice"] for p in fold["per_patient"]}
         assert [p["patient"] for p in lv["per_patient"]] == fold["val_patients"] == lv["val_patients"]
         assert not set(lv["selection_patients"]) & set(lv["val_patients"])
@@ -284,8 +302,8 @@ def test_lgg_all_folds_runs_the_missing_folds_then_their_levers_then_the_summary
     monkeypatch.setattr(benchmark_lgg, "RESULTS", tmp_path)
     monkeypatch.setattr(benchmark_lgg, "main", fake_main)
     monkeypatch.setattr(select_lgg_levers, "main", fake_levers)
-    monkeypatch.setattr(benchmark_lgg, "cv_summary", lambda results, n: calls.append(("summary", n)) or 0)
-    args = benchmark_lgg.argparse.Namespace(num_folds=3, seed=0, data="d")
+    monkeypatch.setattr(benchmark_lgg, "cv_summary", lambda results, n, name: calls.append(("summary", n)) or 0)
+    args = benchmark_lgg.argparse.Namespace(num_folds=3, seed=0, data="d", cv_name="cv")
     assert benchmark_lgg.all_folds(["--all-folds", "--epochs", "100", "--num-folds", "3"], args) == 0
     assert calls == [("levers", "1"), ("fold", ["--epochs", "100", "--num-folds", "3", "--fold", "2"]),
                      ("levers", "2"), ("summary", 3)]
