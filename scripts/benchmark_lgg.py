@@ -87,12 +87,17 @@ def main(argv=None) -> int:
     ap.add_argument("--num-folds", type=int, default=5)
     ap.add_argument("--cv-summary", action="store_true", help="pool the committed fold results (no training)")
     ap.add_argument("--cv-name", default="cv", help="name of the cross-validation's files (another recipe, apart)")
+    ap.add_argument("--nested", metavar="NAME,NAME",
+                    help="pool cross-validations of several recipes: per fold, the recipe its selection patients "
+                         "score best (no test patient chooses); writes lgg_nested_summary.json")
     ap.add_argument("--all-folds", action="store_true",
                     help="every fold in turn (a fold whose result exists is skipped, a started one resumes), each "
                          "with its inference levers (select_lgg_levers.py), then --cv-summary")
     args = ap.parse_args(argv)
     if args.all_folds:
         return all_folds(list(argv if argv is not None else sys.argv[1:]), args)
+    if args.nested:
+        return nested_summary(RESULTS, args.num_folds, args.nested.split(","))
     if args.cv_summary:
         return cv_summary(Path(args.out).parent if args.out != DEFAULT_OUT else RESULTS, args.num_folds, args.cv_name)
     cv = args.fold is not None
@@ -190,6 +195,55 @@ def all_folds(argv: list[str], args: argparse.Namespace) -> int:
                                        str(args.seed), "--data", args.data, "--cv-name", args.cv_name]) != 0:
                 return 1
     return cv_summary(RESULTS, args.num_folds, args.cv_name)
+
+
+BASELINE = "tta=none threshold=0.5 components=all"  # select_lgg_levers.py's name of the bundle's own inference
+
+
+def nested_summary(results: Path, num_folds: int, names: list[str]) -> int:
+    """Per fold, the recipe (``--cv-name``) whose fold model scores best on the fold's selection patients; pool
+    the held-out patients of each fold as scored by its chosen recipe, without and with that recipe's levers."""
+    import numpy as np
+
+    folds, rows = {}, {"baseline": [], "levers": []}
+    for k in range(num_folds):
+        lv = {n: results / f"lgg_{n}_levers_fold{k}.json" for n in names}
+        if not all(p.is_file() for p in lv.values()):
+            continue
+        lv = {n: json.loads(p.read_text()) for n, p in lv.items()}
+        sel = {n: {"baseline": r["selection_mean_dice"][BASELINE], "levers": r["selection_mean_dice"][r["test"][
+            "chosen"]["variant"]]} for n, r in lv.items()}
+        picked = {how: max(names, key=lambda n: (sel[n][how], -names.index(n))) for how in ("baseline", "levers")}
+        for how, name in picked.items():
+            rows[how] += [dict(patient=r["patient"], dice=r["baseline" if how == "baseline" else "chosen"], fold=k,
+                               recipe=name) for r in lv[name]["per_patient"]]
+        folds[k] = {"selection_mean_dice": sel, "picked": picked,
+                    "selection_patients": lv[names[0]]["selection_patients"]}
+    if not folds:
+        print(f"error: no fold has lever results for all of {names} in {results}", file=sys.stderr)
+        return 2
+
+    def pooled(r: list[dict]) -> dict:
+        d = [x["dice"] for x in r]
+        return {"n_patients_scored": len(d), "mean_patient_dice": round(statistics.fmean(d), 4),
+                "median_patient_dice": round(statistics.median(d), 4),
+                "mean_ci95_bootstrap": _bootstrap_ci(d, np.mean), "median_ci95_bootstrap": _bootstrap_ci(d, np.median)}
+
+    summary = {
+        "dataset": "LGG brain MRI (kaggle_3m), per-patient Dice pooled over cross-validation folds, the recipe "
+                   "chosen per fold on that fold's selection patients",
+        "recipes": names, "folds_done": sorted(folds),
+        "protocol": "each fold's selection patients (a tenth of its training folds; none of its held-out patients) "
+                    "score every recipe's fold model; the best mean there (ties: the first listed) is that fold's "
+                    "model: 'no_levers' compares the bundle's own inference, 'with_levers' each recipe with the "
+                    "levers its selection patients chose (select_lgg_levers.py)",
+        "no_levers": pooled(rows["baseline"]), "with_levers": pooled(rows["levers"]),
+        "per_fold": folds, "per_patient": rows,
+        "command": "python scripts/benchmark_lgg.py --nested " + ",".join(names),
+    }
+    atomic_write_text(results / "lgg_nested_summary.json", json.dumps(summary, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in summary.items() if k != "per_patient"}, indent=2))
+    return 0
 
 
 def _bootstrap_ci(values: list[float], stat, n: int = 10000, seed: int = 0) -> list[float]:

@@ -278,6 +278,31 @@ def _check_lgg_cv(name: str) -> None:
         assert abs(statistics.fmean(chosen) - pooled["mean_patient_dice"]) < 1e-3
 
 
+def test_committed_lgg_nested_summary_picks_each_folds_recipe_on_its_selection_patients():
+    """``benchmark_lgg.py --nested cv,cv3``: per fold, the recipe with the best selection mean is the one whose held-
+    out patients are pooled (without levers and with its own levers); no held-out patient is a selection patient."""
+    import statistics
+
+    results = ROOT / "benchmarks" / "results"
+    path = results / "lgg_nested_summary.json"
+    if not path.is_file():
+        pytest.skip("no nested summary committed (scripts/benchmark_lgg.py --nested cv,cv3)")
+    summary = json.loads(path.read_text())
+    names = summary["recipes"]
+    for how, key, field in (("baseline", "no_levers", "baseline"), ("levers", "with_levers", "chosen")):
+        expected = []
+        for k, fold in summary["per_fold"].items():
+            sel = fold["selection_mean_dice"]
+            picked = fold["picked"][how]
+            assert sel[picked][how] == max(sel[n][how] for n in names)
+            lv = json.loads((results / f"lgg_{picked}_levers_fold{k}.json").read_text())
+            assert abs(sel[picked]["baseline"] - lv["selection_mean_dice"]["tta=none threshold=0.5 components=all"]) < 1e-9
+            assert not set(lv["selection_patients"]) & set(lv["val_patients"])
+            expected += [p[field] for p in lv["per_patient"]]
+        got = [p["dice"] for p in summary["per_patient"][how]]
+        assert got == expected and abs(statistics.fmean(got) - summary[key]["mean_patient_dice"]) < 1e-3
+
+
 def test_lgg_all_folds_runs_the_missing_folds_then_their_levers_then_the_summary(tmp_path, monkeypatch):
     """``benchmark_lgg.py --all-folds``: a fold with a result is skipped, the others run with ``--fold K`` (each
     resumes on its own), each fold's levers are selected once, and the summary pools what is there."""
