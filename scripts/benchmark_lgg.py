@@ -197,9 +197,6 @@ def all_folds(argv: list[str], args: argparse.Namespace) -> int:
     return cv_summary(RESULTS, args.num_folds, args.cv_name)
 
 
-BASELINE = "tta=none threshold=0.5 components=all"  # select_lgg_levers.py's name of the bundle's own inference
-
-
 def nested_summary(results: Path, num_folds: int, names: list[str]) -> int:
     """Per fold, the recipe (``--cv-name``) whose fold model scores best on the fold's selection patients; pool
     the held-out patients of each fold as scored by its chosen recipe, without and with that recipe's levers."""
@@ -211,8 +208,8 @@ def nested_summary(results: Path, num_folds: int, names: list[str]) -> int:
         if not all(p.is_file() for p in lv.values()):
             continue
         lv = {n: json.loads(p.read_text()) for n, p in lv.items()}
-        sel = {n: {"baseline": r["selection_mean_dice"][BASELINE], "levers": r["selection_mean_dice"][r["test"][
-            "chosen"]["variant"]]} for n, r in lv.items()}
+        sel = {n: {how: r["selection_mean_dice"][r["test"][key]["variant"]]
+                   for how, key in (("baseline", "baseline"), ("levers", "chosen"))} for n, r in lv.items()}
         picked = {how: max(names, key=lambda n: (sel[n][how], -names.index(n))) for how in ("baseline", "levers")}
         for how, name in picked.items():
             rows[how] += [dict(patient=r["patient"], dice=r["baseline" if how == "baseline" else "chosen"], fold=k,
