@@ -200,8 +200,6 @@ def all_folds(argv: list[str], args: argparse.Namespace) -> int:
 def nested_summary(results: Path, num_folds: int, names: list[str]) -> int:
     """Per fold, the recipe (``--cv-name``) whose fold model scores best on the fold's selection patients; pool
     the held-out patients of each fold as scored by its chosen recipe, without and with that recipe's levers."""
-    import numpy as np
-
     folds, rows = {}, {"baseline": [], "levers": []}
     for k in range(num_folds):
         lv = {n: results / f"lgg_{n}_levers_fold{k}.json" for n in names}
@@ -220,12 +218,6 @@ def nested_summary(results: Path, num_folds: int, names: list[str]) -> int:
         print(f"error: no fold has lever results for all of {names} in {results}", file=sys.stderr)
         return 2
 
-    def pooled(r: list[dict]) -> dict:
-        d = [x["dice"] for x in r]
-        return {"n_patients_scored": len(d), "mean_patient_dice": round(statistics.fmean(d), 4),
-                "median_patient_dice": round(statistics.median(d), 4),
-                "mean_ci95_bootstrap": _bootstrap_ci(d, np.mean), "median_ci95_bootstrap": _bootstrap_ci(d, np.median)}
-
     summary = {
         "dataset": "LGG brain MRI (kaggle_3m), per-patient Dice pooled over cross-validation folds, the recipe "
                    "chosen per fold on that fold's selection patients",
@@ -234,13 +226,23 @@ def nested_summary(results: Path, num_folds: int, names: list[str]) -> int:
                     "score every recipe's fold model; the best mean there (ties: the first listed) is that fold's "
                     "model: 'no_levers' compares the bundle's own inference, 'with_levers' each recipe with the "
                     "levers its selection patients chose (select_lgg_levers.py)",
-        "no_levers": pooled(rows["baseline"]), "with_levers": pooled(rows["levers"]),
+        "no_levers": _pooled([r["dice"] for r in rows["baseline"]]),
+        "with_levers": _pooled([r["dice"] for r in rows["levers"]]),
         "per_fold": folds, "per_patient": rows,
         "command": "python scripts/benchmark_lgg.py --nested " + ",".join(names),
     }
     atomic_write_text(results / "lgg_nested_summary.json", json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "per_patient"}, indent=2))
     return 0
+
+
+def _pooled(dice: list[float]) -> dict:
+    """Count, mean and median of per-patient Dice, each with its bootstrap 95 % interval."""
+    import numpy as np
+
+    return {"n_patients_scored": len(dice), "mean_patient_dice": round(statistics.fmean(dice), 4),
+            "median_patient_dice": round(statistics.median(dice), 4),
+            "mean_ci95_bootstrap": _bootstrap_ci(dice, np.mean), "median_ci95_bootstrap": _bootstrap_ci(dice, np.median)}
 
 
 def _bootstrap_ci(values: list[float], stat, n: int = 10000, seed: int = 0) -> list[float]:
@@ -254,8 +256,6 @@ def _bootstrap_ci(values: list[float], stat, n: int = 10000, seed: int = 0) -> l
 
 def cv_summary(results: Path, num_folds: int, name: str = "cv") -> int:
     """Pool the per-patient Dice of every ``lgg_<name>_fold<K>.json`` present into ``lgg_<name>_summary.json``."""
-    import numpy as np
-
     folds = {}
     for k in range(num_folds):
         path = results / f"lgg_{name}_fold{k}.json"
@@ -268,13 +268,10 @@ def cv_summary(results: Path, num_folds: int, name: str = "cv") -> int:
     seen = [r["patient"] for r in rows]
     if len(seen) != len(set(seen)):
         raise RuntimeError("a patient is scored by two folds: the fold results come from different splits")
-    dice = [r["dice"] for r in rows]
     summary = {
         "dataset": "LGG brain MRI (kaggle_3m), per-patient Dice pooled over cross-validation folds",
         "folds_done": sorted(folds), "folds_missing": [k for k in range(num_folds) if k not in folds],
-        "n_patients_scored": len(rows),
-        "mean_patient_dice": round(statistics.fmean(dice), 4), "median_patient_dice": round(statistics.median(dice), 4),
-        "mean_ci95_bootstrap": _bootstrap_ci(dice, np.mean), "median_ci95_bootstrap": _bootstrap_ci(dice, np.median),
+        **_pooled([r["dice"] for r in rows]),
         "per_fold": {k: {"mean": round(f["mean_patient_dice"], 4), "n": f["n_val_patients"], "epochs": f["epochs"],
                          "git_rev": f["git_rev"], "command": f["command"]} for k, f in folds.items()},
         "per_patient": rows,
@@ -285,14 +282,11 @@ def cv_summary(results: Path, num_folds: int, name: str = "cv") -> int:
     if levers:  # scripts/select_lgg_levers.py: each fold's inference levers chosen on its own selection patients
         chosen = [dict(patient=r["patient"], dice=r["chosen"], fold=k) for k, lv in levers.items()
                   for r in lv["per_patient"]]
-        cd = [r["dice"] for r in chosen]
         summary["with_levers"] = {
             "note": "each fold's model with the inference levers (flip TTA, threshold, largest 3D component) its own "
                     "selection patients chose (scripts/select_lgg_levers.py); folds without a lever result are "
                     "left out, so compare with the baseline over the same folds",
-            "folds": sorted(levers), "n_patients_scored": len(chosen),
-            "mean_patient_dice": round(statistics.fmean(cd), 4), "median_patient_dice": round(statistics.median(cd), 4),
-            "mean_ci95_bootstrap": _bootstrap_ci(cd, np.mean), "median_ci95_bootstrap": _bootstrap_ci(cd, np.median),
+            "folds": sorted(levers), **_pooled([r["dice"] for r in chosen]),
             "baseline_same_folds_mean": round(statistics.fmean(
                 r["baseline"] for lv in levers.values() for r in lv["per_patient"]), 4),
             "chosen_per_fold": {k: lv["chosen"] for k, lv in levers.items()},

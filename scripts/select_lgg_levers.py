@@ -49,18 +49,10 @@ BASELINE = ("none", 0.5, "all")
 
 def probabilities(model: CropSegmenter, item: dict, flips: list) -> np.ndarray:
     """Foreground probability ``(H, W, S)`` of one patient's stacked slices on the slices' own grid."""
-    import torch
-    from monai.data import MetaTensor
     from monai.transforms import Invertd
 
-    from monai_pipeline.engine.tta import FlipInferer
-
-    d = model.preprocessing({"image": item["image"]})
-    img = d["image"]
-    with torch.no_grad():
-        logits = FlipInferer(model.inferer, flips)(img[None].to(model.device), model.network)
-    logits = logits.as_tensor() if isinstance(logits, MetaTensor) else logits
-    d["pred"] = MetaTensor(torch.softmax(logits[0].float().cpu(), dim=0), meta=dict(img.meta))
+    d = model.predict(item["image"], flips)
+    d["pred"] = d["pred"].softmax(dim=0)
     d = Invertd("pred", transform=model.preprocessing, orig_keys="image", nearest_interp=False)(d)
     return np.asarray(d["pred"][1], dtype=np.float32)
 

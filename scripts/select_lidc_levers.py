@@ -46,19 +46,10 @@ BASELINE = ("none", 0.5, "all")
 
 
 def probabilities(model: CropSegmenter, image: str, flips: list) -> np.ndarray:
-    import torch
-    from monai.data import MetaTensor
-
-    from monai_pipeline.engine.tta import FlipInferer
     from monai_pipeline.transforms import ResampleToSourced
 
-    d = model.preprocessing({"image": image})
-    img = d["image"]
-    with torch.no_grad():
-        logits = FlipInferer(model.inferer, flips)(img[None].to(model.device), model.network)
-    logits = logits.as_tensor() if isinstance(logits, MetaTensor) else logits
-    d["pred"] = MetaTensor(logits[0].float().cpu(), affine=img.affine)
-    return np.asarray(ResampleToSourced("pred", "image", threshold=None)(d)["pred"][0], dtype=np.float32)
+    d = ResampleToSourced("pred", "image", threshold=None)(model.predict(image, flips))
+    return np.asarray(d["pred"][0], dtype=np.float32)
 
 
 def score(model: CropSegmenter, items: list[dict], ttas: list[str]) -> tuple[dict, dict]:

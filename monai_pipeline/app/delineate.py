@@ -101,19 +101,28 @@ class CropSegmenter:
         self.network.eval()
         self.bundle_root, self.weights = root, weights
 
-    def __call__(self, crop: str | os.PathLike) -> np.ndarray:
+    def predict(self, image: Any, flips: Sequence[Sequence[int]] = ()) -> dict:
+        """The bundle's preprocessing of ``image`` (a path, or a list of slice files for the brain bundle) with
+        ``pred``: the network's float32 logits ``(C, *spatial)`` on the preprocessed grid, carrying the image's
+        meta data (so ``ResampleToSourced`` or ``Invertd`` bring it back to the source grid). ``flips``: flip
+        test-time augmentation (:class:`~monai_pipeline.engine.FlipInferer`), none by default."""
         import torch
         from monai.data import MetaTensor
 
-        from monai_pipeline.transforms import ResampleToSourced
+        from monai_pipeline.engine.tta import FlipInferer
 
-        d = self.preprocessing({"image": str(crop)})
+        d = self.preprocessing({"image": image if isinstance(image, (list, tuple)) else str(image)})
         img = d["image"]
         with torch.no_grad():
-            logits = self.inferer(img[None].to(self.device), self.network)
+            logits = FlipInferer(self.inferer, flips)(img[None].to(self.device), self.network)
         logits = logits.as_tensor() if isinstance(logits, MetaTensor) else torch.as_tensor(logits)
-        d["pred"] = MetaTensor(logits[0].float().cpu(), affine=img.affine)
-        return np.asarray(ResampleToSourced("pred", "image")(d)["pred"][0], dtype=np.uint8)
+        d["pred"] = MetaTensor(logits[0].float().cpu(), meta=dict(img.meta))
+        return d
+
+    def __call__(self, crop: str | os.PathLike) -> np.ndarray:
+        from monai_pipeline.transforms import ResampleToSourced
+
+        return np.asarray(ResampleToSourced("pred", "image")(self.predict(crop))["pred"][0], dtype=np.uint8)
 
 
 # -------------------------------------------------------------------------------------- one lesion

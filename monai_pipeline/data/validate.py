@@ -546,6 +546,8 @@ AIR_HU = -800.0  # a point needs a voxel denser than this near it: air is -1000,
 BODY_HU = -500.0  # tissue of the body outline on an axial slice
 TISSUE_RADIUS_MM = 3.0  # a point needs tissue (> AIR_HU) within this distance
 BODY_CHECK_MIN_FOV_MM = 150.0  # images narrower than this are crops taken inside the body: no body check
+
+
 def _voxel(props: ImageProperties, lps: np.ndarray) -> np.ndarray:
     """Continuous voxel index (i, j, k) of an LPS point."""
     return (np.linalg.inv(props.lps_affine) @ np.append(lps, 1.0))[:3]
