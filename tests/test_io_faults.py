@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CFG_INFER, CFG_TRAIN, TINY, VENV_BIN, bundle, run_cmd
+from conftest import BRAIN_BUNDLE, CFG_INFER, CFG_TRAIN, TINY, VENV_BIN, bundle, run_cmd
 
 EPOCHS = 20  # long enough that a random kill always lands before the end
 
@@ -67,6 +67,69 @@ def test_sigkill_at_random_points_resumes_to_the_end(tiny_msd, bundle_copy, tmp_
     final = torch.load(ckpt / f"checkpoint_epoch={EPOCHS}.pt", map_location="cpu", weights_only=True)
     assert final["trainer"]["iteration"] == EPOCHS * final["trainer"]["epoch_length"]
     assert (ckpt / "model.pt").is_file()
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL inside a save: nothing after it runs."""
+
+
+def test_a_save_killed_midway_keeps_the_checkpoint_it_was_replacing(tmp_path, monkeypatch):
+    """ignite removes the file a save replaces before writing the new one: a kill in between left no
+    checkpoint at all. Ours removes it only once the new file is written."""
+    from ignite.engine import Engine
+
+    from monai_pipeline.engine import CheckpointSaver
+
+    net = torch.nn.Linear(2, 1)
+    saver = CheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net, "optimizer": torch.optim.SGD(
+        net.parameters(), lr=0.1)}, save_interval=1, n_saved=1, epoch_level=True, file_prefix="")
+    engine = Engine(lambda e, b: None)
+    saver.attach(engine)
+    engine.run([0], max_epochs=1)
+    first = sorted(p.name for p in tmp_path.glob("*.pt"))
+    assert first == ["checkpoint_epoch=1.pt"]
+
+    def killed(*args, **kwargs):
+        raise _Killed
+
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(_Killed):
+        engine.run([0], max_epochs=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == first  # the old checkpoint, whole, and no temporary file
+    torch.load(tmp_path / first[0], map_location="cpu", weights_only=True)
+    monkeypatch.undo()
+    engine.state.epoch = 3
+    saver._interval_checkpoint(engine)  # the next save removes the older files once the new one is written
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["checkpoint_epoch=3.pt"]
+
+
+def test_a_best_model_gone_from_disk_does_not_stop_the_resumed_run(tmp_path):
+    """A run killed while the best model was being replaced resumes with state that lists ``model.pt``; the
+    next best metric writes it again instead of failing to remove the absent file."""
+    from ignite.engine import Engine
+
+    from monai_pipeline.engine import CheckpointSaver, new_contract
+
+    net = torch.nn.Linear(2, 1)
+    saver = CheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_key_metric=True,
+                            key_metric_name="val_mean_dice", key_metric_filename="model.pt",
+                            contract=new_contract({}, BRAIN_BUNDLE))
+    best = saver._key_metric_checkpoint
+    engine = Engine(lambda e, b: None)
+    engine.state.metrics = {"val_mean_dice": 0.5}
+    best(engine)
+    assert (tmp_path / "model.pt").is_file() and (tmp_path / "model.contract.json").is_file()
+    engine.state.metrics = {"val_mean_dice": 0.7}
+    best(engine)  # replaced in place: the fixed name is not removed after its own write
+    assert (tmp_path / "model.pt").is_file() and (tmp_path / "model.contract.json").is_file()
+    (tmp_path / "model.pt").unlink()  # as a kill between ignite's removal and the write left it
+    state = best.state_dict()
+    resumed = CheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_key_metric=True,
+                              key_metric_name="val_mean_dice", key_metric_filename="model.pt")._key_metric_checkpoint
+    resumed.load_state_dict(state)
+    engine.state.metrics = {"val_mean_dice": 0.9}
+    resumed(engine)
+    assert torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True).keys() == net.state_dict().keys()
 
 
 def test_two_runs_on_one_folder_are_refused_and_a_killed_run_frees_it(tiny_msd, bundle_copy, tmp_path):

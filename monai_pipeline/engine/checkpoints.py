@@ -45,18 +45,24 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
 
 
 class CheckpointSaver(_MonaiCheckpointSaver):
-    """MONAI's ``CheckpointSaver`` (same arguments), writing every file atomically, and with ``contract`` the
-    model's contract beside each file.
+    """MONAI's ``CheckpointSaver`` (same arguments), writing every file atomically and before removing the file
+    it replaces, and with ``contract`` the model's contract beside each file.
 
     MONAI builds ignite ``DiskSaver``s with ``atomic=False``, so a run killed while saving leaves a truncated
     ``checkpoint_epoch=N.pt`` or ``model.pt`` that a resume would then load. Here each file is written to
     a temporary file in the same folder and renamed over the old one (ignite's ``atomic=True`` path, which
     also keeps group/others read permission): a kill leaves the old file or the new one, never a part.
 
+    ignite's ``Checkpoint`` also removes the file a save replaces *before* writing the new one: a kill in
+    between left no checkpoint at all (``n_saved=1``) or no ``model.pt``, and a resumed run whose restored
+    state still listed the removed ``model.pt`` died with ``FileNotFoundError`` at its next best metric.
+    Here removals wait until the new file is written, a removal of the file just written (MONAI's fixed
+    ``key_metric_filename``) is dropped, and a file already gone is not an error.
+
     Args:
         contract: a model contract (:func:`~monai_pipeline.engine.contract.new_contract`): right after each
             ``<stem>.pt`` is written, ``<stem>.contract.json`` is written atomically beside it with the sha256 of
-            that file; when ignite removes a file, its contract goes with it.
+            that file; when a file is removed, its contract goes with it.
     """
 
     def __init__(self, *args: Any, contract: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
@@ -64,15 +70,16 @@ class CheckpointSaver(_MonaiCheckpointSaver):
         for ckpt in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if ckpt is not None:
                 ckpt.save_handler._atomic = True
-                if contract is not None:
-                    ckpt.save_handler = _WithContract(ckpt.save_handler, contract)
+                ckpt.save_handler = _WriteThenRemove(ckpt.save_handler, contract)
 
 
-class _WithContract(BaseSaveHandler):
-    """An ignite save handler that writes the model's contract beside each file its ``saver`` writes."""
+class _WriteThenRemove(BaseSaveHandler):
+    """An ignite save handler around ``saver`` that defers each removal until the next file is written, and
+    with ``contract`` writes the model's contract beside each file."""
 
-    def __init__(self, saver: DiskSaver, contract: Mapping[str, Any]) -> None:
+    def __init__(self, saver: DiskSaver, contract: Mapping[str, Any] | None = None) -> None:
         self.saver, self.contract = saver, contract
+        self._pending: list[str] = []
 
     def _path(self, filename: str) -> Path:
         # MONAI's saver may replace ignite's file name with a fixed one (key_metric_filename: model.pt)
@@ -80,12 +87,22 @@ class _WithContract(BaseSaveHandler):
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         self.saver(checkpoint, filename, metadata)
-        if dist_rank()[0] == getattr(self.saver, "save_on_rank", 0):
-            write_contract(self._path(filename), self.contract)
+        written = self._path(filename)
+        if self.contract is not None and dist_rank()[0] == getattr(self.saver, "save_on_rank", 0):
+            write_contract(written, self.contract)
+        pending, self._pending = self._pending, []
+        for old in pending:
+            path = self._path(old)
+            if path == written:  # replaced in place by the write above
+                continue
+            if path.exists():
+                self.saver.remove(old)
+            else:
+                logger.warning("%s was already gone when its newer checkpoint replaced it", path)
+            contract_path(path).unlink(missing_ok=True)
 
     def remove(self, filename: str) -> None:
-        self.saver.remove(filename)
-        contract_path(self._path(filename)).unlink(missing_ok=True)
+        self._pending.append(filename)
 
 
 def remove_partial_files(ckpt_dir: str | os.PathLike) -> list[Path]:
