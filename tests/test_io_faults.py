@@ -58,11 +58,11 @@ def test_sigkill_at_random_points_resumes_to_the_end(tiny_msd, bundle_copy, tmp_
         # whatever the moment of the kill: every checkpoint file on disk is complete
         for f in ckpt.glob("*.pt"):
             torch.load(f, map_location="cpu", weights_only=True)
-        # at most an ignite temporary file ("tmp...") is left, never a partial .pt: the loop above loaded each one
+        # at most a temporary file ("tmp...", ".tmp-...") is left, never a partial .pt: the loop above loaded each
     assert kills == 3
     out = run_cmd(_train_cmd(tiny_msd, ckpt, resume=True), cwd=bundle_copy, timeout=600)
     log = out.stdout + out.stderr
-    assert not [p for p in ckpt.iterdir() if p.name.startswith("tmp")]  # leftovers of a killed save are cleaned
+    assert not [p for p in ckpt.iterdir() if p.name.startswith(("tmp", ".tmp-"))]  # a killed save's leftovers
     assert f"Epoch: {EPOCHS}/{EPOCHS}" in log and "Epoch: 1/" not in log  # resumed, not restarted
     final = torch.load(ckpt / f"checkpoint_epoch={EPOCHS}.pt", map_location="cpu", weights_only=True)
     assert final["trainer"]["iteration"] == EPOCHS * final["trainer"]["epoch_length"]
@@ -130,6 +130,58 @@ def test_a_best_model_gone_from_disk_does_not_stop_the_resumed_run(tmp_path):
     engine.state.metrics = {"val_mean_dice": 0.9}
     resumed(engine)
     assert torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True).keys() == net.state_dict().keys()
+
+
+@pytest.mark.parametrize("killed_in", ["torch.save", "write_contract", "rename"])
+def test_a_best_model_save_killed_at_any_step_leaves_a_pair_a_resume_accepts(tmp_path, monkeypatch, caplog,
+                                                                               killed_in):
+    """The contract is put in place before the weights it describes: a kill while staging or writing it leaves
+    the old pair whole; a kill at the rename itself (the one step between them) leaves new contract and old
+    weights, which inference refuses in one line and a resumed training reads with a warning."""
+    import monai_pipeline.engine.checkpoints as checkpoints
+    from ignite.engine import Engine
+
+    from monai_pipeline.engine import CheckpointSaver, new_contract, read_contract
+    from monai_pipeline.errors import DataError
+
+    net = torch.nn.Linear(2, 1)
+    saver = CheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_key_metric=True,
+                            key_metric_name="val_mean_dice", key_metric_filename="model.pt",
+                            contract=new_contract({}, BRAIN_BUNDLE))
+    engine = Engine(lambda e, b: None)
+    engine.state.metrics = {"val_mean_dice": 0.5}
+    saver._key_metric_checkpoint(engine)
+    old = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(old) == ["model.contract.json", "model.pt"] and read_contract(tmp_path) is not None
+
+    def killed(*args, **kwargs):
+        raise _Killed
+
+    if killed_in == "torch.save":
+        monkeypatch.setattr(torch, "save", killed)
+    elif killed_in == "write_contract":
+        monkeypatch.setattr(checkpoints, "write_contract", killed)
+    else:
+        real = os.replace
+        monkeypatch.setattr(os, "replace", lambda src, dst: killed() if Path(dst).name == "model.pt" else real(src, dst))
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    engine.state.metrics = {"val_mean_dice": 0.7}
+    with pytest.raises(_Killed):
+        saver._key_metric_checkpoint(engine)
+    monkeypatch.undo()
+    now = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(now) == sorted(old), "a staged file was left behind"
+    assert now["model.pt"] == old["model.pt"]
+    if killed_in != "rename":
+        assert now == old
+        return
+    assert now["model.contract.json"] != old["model.contract.json"]
+    with pytest.raises(DataError, match="describes other weights than"):
+        read_contract(tmp_path)
+    with caplog.at_level("WARNING"):
+        assert read_contract(tmp_path, check_weights=False) is not None
+    assert "its settings resume the training" in caplog.text
 
 
 def test_two_runs_on_one_folder_are_refused_and_a_killed_run_frees_it(tiny_msd, bundle_copy, tmp_path):

@@ -17,6 +17,7 @@ from monai.handlers import CheckpointSaver as _MonaiCheckpointSaver
 
 from monai_pipeline.engine.contract import contract_path, write_contract
 from monai_pipeline.engine.runtime import dist_rank
+from monai_pipeline.io.atomic import atomic_path
 
 __all__ = ["latest_checkpoint", "CheckpointSaver", "remove_partial_files", "resume_handlers", "attach_handlers"]
 
@@ -60,9 +61,9 @@ class CheckpointSaver(_MonaiCheckpointSaver):
     ``key_metric_filename``) is dropped, and a file already gone is not an error.
 
     Args:
-        contract: a model contract (:func:`~monai_pipeline.engine.contract.new_contract`): right after each
-            ``<stem>.pt`` is written, ``<stem>.contract.json`` is written atomically beside it with the sha256 of
-            that file; when a file is removed, its contract goes with it.
+        contract: a model contract (:func:`~monai_pipeline.engine.contract.new_contract`): each ``<stem>.pt`` is
+            staged, ``<stem>.contract.json`` is written atomically beside it with the sha256 of the staged file,
+            and the file is then renamed into place; when a file is removed, its contract goes with it.
     """
 
     def __init__(self, *args: Any, contract: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
@@ -86,10 +87,17 @@ class _WriteThenRemove(BaseSaveHandler):
         return Path(self.saver.dirname) / (getattr(self.saver, "filename", None) or filename)
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
-        self.saver(checkpoint, filename, metadata)
         written = self._path(filename)
-        if self.contract is not None and dist_rank()[0] == getattr(self.saver, "save_on_rank", 0):
-            write_contract(written, self.contract)
+        if self.contract is None:
+            self.saver(checkpoint, filename, metadata)
+        elif dist_rank()[0] == getattr(self.saver, "save_on_rank", 0):
+            # the contract goes in place before the weights it describes, then one rename: a contract written
+            # after the rename left a kill in between a pair that refused a resume (old contract, new weights)
+            with atomic_path(written) as staged:
+                torch.save(checkpoint, staged, **self.saver.kwargs)
+                with open(staged, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                write_contract(written, self.contract, content=staged)
         pending, self._pending = self._pending, []
         for old in pending:
             path = self._path(old)
@@ -106,7 +114,8 @@ class _WriteThenRemove(BaseSaveHandler):
 
 
 def remove_partial_files(ckpt_dir: str | os.PathLike) -> list[Path]:
-    """Delete temporary files an interrupted atomic save left in ``ckpt_dir`` (ignite's ``tmp*`` names).
+    """Delete temporary files an interrupted atomic save left in ``ckpt_dir`` (ignite's ``tmp*`` names and the
+    ``.tmp-<8 hex>-<name>`` files :func:`~monai_pipeline.io.atomic.atomic_path` stages).
 
     Called at the start of training, once this run holds the folder's lock, so no live writer owns them.
     """
@@ -114,7 +123,7 @@ def remove_partial_files(ckpt_dir: str | os.PathLike) -> list[Path]:
     removed = []
     if folder.is_dir():
         for p in folder.iterdir():
-            if p.is_file() and re.fullmatch(r"tmp[a-z0-9_]{6,}", p.name):
+            if p.is_file() and re.fullmatch(r"tmp[a-z0-9_]{6,}|\.tmp-[0-9a-f]{8}-.+", p.name):
                 p.unlink()
                 removed.append(p)
     if removed:

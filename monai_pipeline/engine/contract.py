@@ -212,13 +212,19 @@ def new_contract(settings: Mapping[str, Mapping[str, Any]], bundle_root: str | o
     }
 
 
-def write_contract(weights: str | os.PathLike, contract: Mapping[str, Any]) -> Path:
+def write_contract(weights: str | os.PathLike, contract: Mapping[str, Any],
+                   content: str | os.PathLike | None = None) -> Path:
     """Write ``contract`` (:func:`new_contract`) atomically beside ``weights``, with the sha256 and size of the
-    weights file as it is now and the time; returns the contract's path."""
+    weights file as it is now and the time; returns the contract's path.
+
+    ``content``: the file whose bytes the weights will be (a staged copy not yet renamed to ``weights``), so the
+    contract can be in place before the weights it describes are; None: ``weights`` itself.
+    """
     weights = Path(weights)
+    content = Path(content) if content is not None else weights
     body = dict(contract)
     data = {"schema": body.pop("schema", SCHEMA_VERSION),
-            "weights": {"file": weights.name, "sha256": file_sha256(weights), "bytes": weights.stat().st_size},
+            "weights": {"file": weights.name, "sha256": file_sha256(content), "bytes": content.stat().st_size},
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             **body}
     path = atomic_write_text(contract_path(weights), json.dumps(data, indent=2) + "\n")
@@ -227,9 +233,15 @@ def write_contract(weights: str | os.PathLike, contract: Mapping[str, Any]) -> P
 
 
 # ------------------------------------------------------------------------------------------------- reading
-def read_contract(ckpt_dir: str | os.PathLike | None, weights_name: str = WEIGHTS_NAME) -> ModelContract | None:
+def read_contract(ckpt_dir: str | os.PathLike | None, weights_name: str = WEIGHTS_NAME,
+                  check_weights: bool = True) -> ModelContract | None:
     """The contract of ``<ckpt_dir>/<weights_name>``, checked against the weights' sha256; None when there are no
-    weights yet, or (with one warning) when the weights have no contract."""
+    weights yet, or (with one warning) when the weights have no contract.
+
+    ``check_weights`` False (a resumed training, which takes only the settings and loads its checkpoint, not these
+    weights): a contract whose sha256 is not that of the weights gives a warning instead of an error. A run killed
+    between writing a new contract and renaming the weights it describes over the old ones leaves that pair.
+    """
     if ckpt_dir is None:
         return None
     weights = Path(ckpt_dir).resolve() / weights_name
@@ -242,7 +254,13 @@ def read_contract(ckpt_dir: str | os.PathLike | None, weights_name: str = WEIGHT
                        weights, path.name)
         return None
     data = read_model_contract(path, SCHEMA_VERSION, REQUIRED_FIELDS)
-    check_contract_weights(path, weights, str(data["weights"].get("sha256")), file_sha256(weights))
+    recorded, actual = str(data["weights"].get("sha256")), file_sha256(weights)
+    if check_weights or recorded == actual:
+        check_contract_weights(path, weights, recorded, actual)
+    else:
+        logger.warning("%s describes other weights than %s (a run killed while saving them): its settings resume "
+                       "the training; until the next best model rewrites both, inference refuses %s",
+                       path, weights.name, weights.name)
     shown = {k: v for k, v in data["settings"].items() if k not in ("network_def", "labels")}
     logger.info("%s: the model's settings are used unless overridden: %s", path,
                 ", ".join(f"{k}={_text(v)}" for k, v in shown.items()))
