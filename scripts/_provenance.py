@@ -77,21 +77,59 @@ def machine_provenance(script: str, argv: list[str]) -> dict:
     }
 
 
-def run_record(script: str, argv: list[str], ckpt_dir: Path, epochs_requested: int, train_s: float,
-               eval_s: float) -> dict:
-    """The provenance fields every benchmark result carries: epochs actually trained (from the latest
-    checkpoint), device, CPU, threads, times, the exact command, git revision and date."""
+SESSIONS = "training_sessions.jsonl"
+
+
+def _latest_state(ckpt_dir: Path) -> dict:
+    """The latest checkpoint in ``ckpt_dir`` as saved (empty when there is none)."""
     import torch
 
     from monai_pipeline.engine.checkpoints import latest_checkpoint
 
     last = latest_checkpoint(ckpt_dir)
-    ckpt = torch.load(last, map_location="cpu", weights_only=True) if last else {}
-    state = ckpt.get("trainer", {})
-    epochs_done = int(state.get("iteration", 0) // max(1, state.get("epoch_length", 1))) if state else epochs_requested
+    return torch.load(last, map_location="cpu", weights_only=True) if last else {}
+
+
+def _epochs_done(ckpt: dict) -> int | None:
+    state = ckpt.get("trainer")
+    return int(state.get("iteration", 0) // max(1, state.get("epoch_length", 1))) if state else None
+
+
+def training_session(ckpt_dir: Path, resume: bool) -> None:
+    """Record a training start in ``<ckpt_dir>/../training_sessions.jsonl`` (a fresh run starts the file again):
+    the git revision, the date and the epoch it resumes from. The result's ``git_rev`` is the revision at the
+    time it was written; a run resumed across stops trained under each revision this file lists."""
+    import json
+    import time
+
+    path = Path(ckpt_dir).parent / SESSIONS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"git_rev": git_rev(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+             "from_epoch": (_epochs_done(_latest_state(ckpt_dir)) or 0) if resume else 0}
+    with open(path, "a" if resume else "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(entry) + "\n")
+
+
+def _sessions(ckpt_dir: Path) -> list[dict] | None:
+    import json
+
+    path = Path(ckpt_dir).parent / SESSIONS
+    if not path.is_file():
+        return None
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def run_record(script: str, argv: list[str], ckpt_dir: Path, epochs_requested: int, train_s: float,
+               eval_s: float) -> dict:
+    """The provenance fields every benchmark result carries: epochs actually trained (from the latest
+    checkpoint), the training's starts (:func:`training_session`; None: trained before they were recorded),
+    device, CPU, threads, times, the exact command, git revision and date."""
+    ckpt = _latest_state(ckpt_dir)
+    epochs_done = _epochs_done(ckpt)
     guard = ckpt.get("nonfinite_guard") or {}
     return {
-        "epochs": epochs_done,
+        "epochs": epochs_requested if epochs_done is None else epochs_done,
+        "training_sessions": _sessions(ckpt_dir),
         "epochs_requested": epochs_requested,
         # what the training steps ran in, as the run's NonFiniteGuard saved it (None: a checkpoint from before
         # it was saved), and whether train_precision auto fell back from bf16 to float32 on the way

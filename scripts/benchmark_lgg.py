@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from _provenance import run_record  # noqa: E402
+from _provenance import run_record, training_session  # noqa: E402
 
 from monai_pipeline.app.bundles import parse_overrides, run_bundle  # noqa: E402
 from monai_pipeline.data.datasets import brain_datalist  # noqa: E402
@@ -120,6 +120,7 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     if not args.eval_only:
+        training_session(work / "models", resume)
         run_bundle("brain", "train", (), epochs=args.epochs, output_dir=str(work / "train"), resume=resume,
                    **overrides)
     train_s = time.perf_counter() - t0

@@ -32,7 +32,7 @@ from monai_pipeline.io.atomic import atomic_write_text  # noqa: E402
 from monai_pipeline.engine.checkpoints import latest_checkpoint  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from _provenance import PrecisionFallbacks, eval_precision, run_record  # noqa: E402
+from _provenance import PrecisionFallbacks, eval_precision, run_record, training_session  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -61,6 +61,7 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     if not args.eval_only:
+        training_session(work / "models", resume)
         run_bundle("nodule", "train", epochs=args.epochs, output_dir=str(work / "train"), resume=resume,
                    **overrides)
     train_s = time.perf_counter() - t0

@@ -73,6 +73,29 @@ def test_every_lidc_pair_validates():
     assert len(lidc_datalist(shared("lidc_nodules"), validate=True)) == 885
 
 
+def test_training_sessions_list_every_start_and_a_fresh_run_starts_them_again(tmp_path, monkeypatch):
+    """A run resumed across stops trained under several revisions: the result lists each start (revision, date,
+    epoch resumed from) beside the revision it was written at."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import _provenance
+
+    models = tmp_path / "run" / "models"
+    _provenance.training_session(models, resume=False)
+    models.mkdir(parents=True, exist_ok=True)
+    torch.save({"trainer": {"iteration": 30, "epoch_length": 10}}, models / "checkpoint_epoch=3.pt")
+    _provenance.training_session(models, resume=True)
+    record = _provenance.run_record("benchmark_lgg.py", ["--fold", "0"], models, 5, 1.0, 1.0)
+    assert record["epochs"] == 3 and [s["from_epoch"] for s in record["training_sessions"]] == [0, 3]
+    assert all(s["git_rev"] == record["git_rev"] for s in record["training_sessions"])
+    _provenance.training_session(models, resume=False)  # a fresh run into the same folder
+    assert [s["from_epoch"] for s in _provenance.run_record("benchmark_lgg.py", [], models, 5, 0.0, 0.0)[
+        "training_sessions"]] == [0]
+    assert _provenance.run_record("benchmark_lgg.py", [], tmp_path / "other" / "models", 5, 0.0, 0.0)[
+        "training_sessions"] is None  # trained before starts were recorded
+
+
 LGG_KEYS = {"n_train_patients", "n_val_patients", "mean_patient_dice", "median_patient_dice", "brats_mean_dice",
             "epochs", "device", "command", "git_rev"}
 
