@@ -82,6 +82,11 @@ class _AliasFinder(importlib.abc.MetaPathFinder):
 if not any(isinstance(f, _AliasFinder) for f in sys.meta_path):
     sys.meta_path.append(_AliasFinder())
 
+# python -m monai.bundle run: a DataError is one "error:" line, as in the project's CLI
+from monai_pipeline.errors import report_data_errors_in_bundle_cli as _report_data_errors  # noqa: E402
+
+_report_data_errors()
+
 
 def __getattr__(name: str):
     if name in _SUBPACKAGES:

@@ -196,7 +196,7 @@ def test_ckpt_export_torchscript_matches_checkpoint(trained):
 NO_MODEL = "no trained model here; train first"
 
 
-def test_inference_without_weights_says_what_to_do_on_every_face(tmp_path, capsys):
+def test_inference_without_weights_says_what_to_do_on_every_face(tmp_path, capsys, monkeypatch):
     """The whole-CT lung bundle ships no weights: inference through the CLI, the Python API and ``python -m
     monai.bundle run`` from a copy of the bundle folder stops with the one-line DataError of
     monai_pipeline.data.check_model_weights (train first: the command; or --ckpt-dir / ckpt_dir) and writes nothing."""
@@ -228,8 +228,13 @@ def test_inference_without_weights_says_what_to_do_on_every_face(tmp_path, capsy
     shutil.copytree(LUNG_BUNDLE, copy, ignore=shutil.ignore_patterns("models", "eval", "data"))
     proc = run_cmd(bundle("run", "--config_file", CFG_INFER, "--datalist", json.dumps([image])), cwd=copy, check=False)
     assert proc.returncode == 1  # MONAI's own entry point: an uncaught exception (its config wraps it in a RuntimeError)
-    assert f"monai_pipeline.errors.DataError: models/model.pt: {NO_MODEL}" in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: models/model.pt: {NO_MODEL}" + errors[0].split(NO_MODEL, 1)[-1]], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "RuntimeError" not in proc.stderr
     assert sorted(p.name for p in copy.iterdir()) == ["LICENSE", "configs", "docs"]  # no eval/, no models/
+    monkeypatch.setenv("MONAI_PIPELINE_TRACEBACK", "1")  # the whole traceback, when asked for
+    proc = run_cmd(bundle("run", "--config_file", CFG_INFER, "--datalist", json.dumps([image])), cwd=copy, check=False)
+    assert proc.returncode == 1 and f"monai_pipeline.errors.DataError: models/model.pt: {NO_MODEL}" in proc.stderr
 
 
 def test_check_model_weights(tmp_path):
