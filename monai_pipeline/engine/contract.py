@@ -255,12 +255,12 @@ def read_contract(ckpt_dir: str | os.PathLike | None, weights_name: str = WEIGHT
         return None
     data = read_model_contract(path, SCHEMA_VERSION, REQUIRED_FIELDS)
     recorded, actual = str(data["weights"].get("sha256")), file_sha256(weights)
-    if check_weights or recorded == actual:
-        check_contract_weights(path, weights, recorded, actual)
-    else:
+    if recorded != actual and not check_weights:
         logger.warning("%s describes other weights than %s (a run killed while saving them): its settings resume "
                        "the training; until the next best model rewrites both, inference refuses %s",
                        path, weights.name, weights.name)
+    else:
+        check_contract_weights(path, weights, recorded, actual)
     shown = {k: v for k, v in data["settings"].items() if k not in ("network_def", "labels")}
     logger.info("%s: the model's settings are used unless overridden: %s", path,
                 ", ".join(f"{k}={_text(v)}" for k, v in shown.items()))
