@@ -1,13 +1,15 @@
 """Anatomy from CT by classical image processing: the lungs, for cropping and for tumour burden.
 
-Numpy/scipy only, so every stage may use it (``transforms`` crops to the lungs, ``evaluation`` measures
-tumour burden per lung) without importing another stage.
+Numpy/scipy and the data stage's mask helpers only, so every stage above may use it (``transforms`` crops to
+the lungs, ``evaluation`` measures tumour burden per lung) without importing another stage.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+
+from monai_pipeline.data.masks import largest_component
 
 __all__ = ["LUNG_LABELS", "axial_axis", "lung_mask"]
 
@@ -105,10 +107,9 @@ def _lung_mask_at(ct: np.ndarray, affine: np.ndarray, air_hu: float, body_hu: fl
     voxel_ml = float(np.prod(np.linalg.norm(aff[:3, :3], axis=0))) / 1000.0
     out = np.zeros(ct.shape, np.uint8)
     body = ct > body_hu
-    lab, n = ndimage.label(body)
-    if n == 0:
+    if not body.any():
         return out
-    body = _fill_slices(lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1), ax)
+    body = _fill_slices(largest_component(body), ax)
     air = (ct < air_hu) & body
     lab, n = ndimage.label(air)
     if n == 0:

@@ -38,6 +38,7 @@ from _provenance import machine_provenance  # noqa: E402
 from benchmark_lgg import CV_SPLIT, RESULTS  # noqa: E402  (the folds as the benchmark draws them)
 from monai_pipeline.app.delineate import CropSegmenter  # noqa: E402
 from monai_pipeline.data.datasets import brain_datalist  # noqa: E402
+from monai_pipeline.data.masks import largest_component  # noqa: E402
 from monai_pipeline.evaluation.metrics import dice  # noqa: E402
 from monai_pipeline.io.atomic import atomic_write_text  # noqa: E402
 
@@ -61,12 +62,7 @@ def keep_components(mask: np.ndarray, rule: str) -> np.ndarray:
     """``mask`` ``(H, W, S)`` as it is (``all``) or only its largest 26-connected component (``largest``)."""
     if rule == "all":
         return mask
-    from scipy import ndimage
-
-    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    if n < 2:
-        return mask
-    return lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
+    return largest_component(mask, full_connectivity=True)
 
 
 def reference(item: dict) -> np.ndarray:

@@ -229,3 +229,20 @@ def test_lidc_reader_real_data():
     assert not patients["train"] & patients["val"] and not patients["train"] & patients["test"]
     assert not patients["val"] & patients["test"]
     assert 0.15 < len(patients["test"]) / 496 < 0.25 and 0.05 < len(patients["val"]) / 496 < 0.15
+
+
+def test_largest_component_face_or_full_connectivity():
+    from monai_pipeline.data.masks import largest_component
+
+    m = np.zeros((6, 6), np.uint8)
+    m[0:2, 0:2] = 1  # 4 pixels
+    m[2:5, 2:4] = 1  # 6 pixels, touching the first block at one corner only
+    m[5, 5] = 7  # one pixel, non-zero counts as foreground
+    face = largest_component(m)
+    assert face.dtype == bool and face.sum() == 6 and face[2:5, 2:4].all()
+    full = largest_component(m, full_connectivity=True)
+    assert full.sum() == 10 and not full[5, 5]  # the corner joins the two blocks; the far pixel stays apart
+    assert not largest_component(np.zeros((3, 3, 3))).any()
+    single = np.zeros((4, 4, 4), bool)
+    single[1:3, 1:3, 1:3] = True
+    assert np.array_equal(largest_component(single), single)

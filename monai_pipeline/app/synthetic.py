@@ -30,6 +30,7 @@ from pydicom.uid import generate_uid
 from scipy import ndimage
 from tqdm import tqdm
 
+from monai_pipeline.data.masks import largest_component
 from monai_pipeline.io.atomic import atomic_path, atomic_write_text
 from monai_pipeline.io.dicom import write_series
 from monai_pipeline.io.images import LPS_TO_RAS, ImageProperties, write_nifti
@@ -199,9 +200,7 @@ def make_phantom(seed: int, spec: PhantomSpec | None = None, n_tumours: int | No
             dist = np.minimum(dist, d)
         rough = _smooth_noise(rng, dist.shape, sigma=max(1.0, radius / spacing.mean() / 3))
         blob = (dist + 0.18 * radius * rough) <= 0
-        parts, n_parts = ndimage.label(blob)
-        if n_parts > 1:  # a rough surface can split off islands: keep the tumour in one piece
-            blob = parts == 1 + int(np.argmax(np.bincount(parts.ravel())[1:]))
+        blob = largest_component(blob)  # a rough surface can split off islands: keep the tumour in one piece
         if blob.sum() < 8:
             continue
         label[sl][blob] = 1

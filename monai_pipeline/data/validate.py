@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from monai_pipeline.data.masks import largest_component
 from monai_pipeline.errors import DataError
 from monai_pipeline.io.dicom import dicom_source, is_dicom_path, read_series, read_series_properties
 from monai_pipeline.io.images import ImageProperties, gzip_trailer_size, is_nifti, nifti_data_bytes
@@ -588,9 +589,8 @@ def check_points(ct: np.ndarray, props: ImageProperties, points_lps: np.ndarray,
         in_plane = [a for a in range(3) if a != axial]
         if min(fov[in_plane]) >= BODY_CHECK_MIN_FOV_MM:
             plane = np.take(np.asarray(ct), v[axial], axis=axial) > BODY_HU
-            lab, n = ndimage.label(plane)
-            if n:
-                body = ndimage.binary_fill_holes(lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1))
+            if plane.any():
+                body = ndimage.binary_fill_holes(largest_component(plane))
                 if not body[tuple(v[a] for a in in_plane)]:
                     raise DataError(f"{image}: {name} lies outside the body on its axial slice {v[axial]}; place "
                                     "the point on the nodule")

@@ -1,0 +1,26 @@
+"""Binary-mask helpers shared by the stages above (anatomy, input checks, synthetic data, post-processing)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+
+def largest_component(mask: np.ndarray, full_connectivity: bool = False) -> np.ndarray:
+    """The largest connected component of a binary mask.
+
+    Args:
+        mask: binary array of any dimension (``(H, W)``, ``(H, W, D)``...); non-zero is foreground.
+        full_connectivity: neighbours that share only an edge or a corner connect too (26 in 3D, 8 in 2D);
+            otherwise only face neighbours do (6 in 3D, 4 in 2D: SciPy's default).
+
+    Returns:
+        boolean array of ``mask``'s shape, true on the largest component only (all false for an empty mask;
+        on a tie, the component SciPy numbers first).
+    """
+    mask = np.asarray(mask) != 0
+    structure = np.ones((3,) * mask.ndim, bool) if full_connectivity else None
+    labels, n = ndimage.label(mask, structure=structure)
+    if n < 2:
+        return mask
+    return labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
