@@ -214,6 +214,20 @@ def test_flair_copies_replace_other_channels_at_the_rate_asked():
     assert enabled(flair_copy_prob=0.2, channels=[0, 1, 2]) == [0.2] and enabled(channels=[0, 1, 2]) == []
 
 
+
+def test_train_precision_reaches_the_trainers_inferer_only():
+    """``train_precision`` wraps the trainer's forward pass (default fp32: the recipe of the committed figures);
+    validation and inference keep their own inferer."""
+    from monai_pipeline.app.bundles import resolve
+    from monai_pipeline.engine.precision import PrecisionInferer
+
+    (default,) = resolve("brain", "train", ["train#inferer"])
+    assert isinstance(default, PrecisionInferer) and default.precision == "fp32" and default.channels_last
+    trainer, validator = resolve("brain", "train", ["train#inferer", "validate#inferer"], train_precision="bf16",
+                                 channels_last=False)
+    assert trainer.precision == "bf16" and not trainer.channels_last and not trainer.verify
+    assert not isinstance(validator, PrecisionInferer)
+
 # -------------------------------------------------------------------------------------------- metrics
 def test_per_patient_dice_hand_checked(tmp_path):
     """Patient A: slice 1 pred 4 px / label 4 px / overlap 2; slice 2 pred 0 / label 2; slice 3 both empty.
