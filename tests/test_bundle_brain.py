@@ -187,6 +187,45 @@ def test_normalisation_is_per_slice_and_channel():
     torch.testing.assert_close(alone, out[..., 1])
 
 
+
+def test_slice_context_stacks_neighbours_as_channel_blocks():
+    """SliceContextd: block j of slice n is slice n + j - k, the nearest slice standing in at the stack's ends;
+    a lone slice is its own neighbour; meta and spatial shape stay; k = 0 changes nothing."""
+    from monai.data import MetaTensor
+
+    from monai_pipeline.transforms import SliceContextd
+
+    x = MetaTensor(torch.arange(5.0).reshape(1, 1, 1, 5).repeat(2, 3, 4, 1) + torch.tensor([0.0, 10.0]).reshape(
+        2, 1, 1, 1), affine=torch.eye(4) * 3)  # channel c of slice n holds 10 c + n
+    out = SliceContextd("image", context=1)({"image": x})["image"]
+    assert out.shape == (6, 3, 4, 5) and torch.equal(out.affine, x.affine)
+    assert out[:, 0, 0, 0].tolist() == [0, 10, 0, 10, 1, 11]  # slice 0: (slice 0 again, itself, slice 1)
+    assert out[:, 0, 0, 2].tolist() == [1, 11, 2, 12, 3, 13]
+    assert out[:, 0, 0, 4].tolist() == [3, 13, 4, 14, 4, 14]
+    two = SliceContextd("image", context=2)({"image": x})["image"]
+    assert two.shape == (10, 3, 4, 5) and two[::2, 0, 0, 1].tolist() == [0, 0, 1, 2, 3]
+    lone = SliceContextd("image", context=1)({"image": x[..., 2]})["image"]
+    assert lone.shape == (6, 3, 4) and lone[:, 0, 0].tolist() == [2, 12] * 3
+    assert SliceContextd("image", context=0)({"image": x})["image"] is x
+    with pytest.raises(ValueError, match="context"):
+        SliceContextd("image", context=-1)
+
+
+def test_flair_copies_follow_the_channel_blocks_of_slice_context():
+    """With neighbours as channel blocks, one draw per sequence replaces that sequence in every block."""
+    from monai_pipeline.transforms import RandCopyChanneld
+
+    x = torch.arange(9.0).reshape(9, 1, 1).repeat(1, 2, 2)  # 3 blocks (slices) of (T1, FLAIR, T1c)
+    t = RandCopyChanneld("image", source=1, prob=1.0, block=3)
+    assert t({"image": x})["image"][:, 0, 0].tolist() == [1, 1, 1, 4, 4, 4, 7, 7, 7]
+    t = RandCopyChanneld("image", source=1, prob=0.5, block=3)
+    t.set_random_state(3)
+    for _ in range(20):
+        out = t({"image": x})["image"][:, 0, 0].reshape(3, 3) - torch.tensor([0.0, 3.0, 6.0]).reshape(3, 1)
+        assert (out == out[0]).all() and out[0, 1] == 1  # the same sequences copied in every block
+    with pytest.raises(ValueError, match="blocks of 4"):
+        RandCopyChanneld("image", source=1, block=4)({"image": x})
+
 def test_flair_copies_replace_other_channels_at_the_rate_asked():
     """RandCopyChanneld: each non-FLAIR channel becomes a FLAIR copy with probability ``prob``, independently;
     FLAIR and the meta data stay; the train config enables it only with ``flair_copy_prob`` > 0 and several
@@ -346,6 +385,29 @@ def test_volumes_train_and_infer_in_source_geometry(brain_volumes, tmp_path):
         mask = tmp_path / "out" / f"{case}_flair_mask.nii.gz"
         assert_same_geometry(brain_volumes / "imagesTs" / f"{case}_flair.nii.gz", mask)
 
+
+
+def test_slice_context_trains_and_infers_from_the_contract(brain_slices, tmp_path):
+    """``context_slices`` 1: the network takes 3 slices' channels, the contract binds it, inference reads it
+    from there and writes each slice's mask; a run that asks for another context is refused."""
+    root = tmp_path / "brain"
+    shutil.copytree(BRAIN_BUNDLE, root)
+    run_cmd(bundle("run", "--config_file", CFG_TRAIN, "--dataset_dir", str(brain_slices), "--epochs", "1",
+                   "--val_interval", "1", "--val_fraction", "0.34", "--context_slices", "1", *BRAIN_TINY), cwd=root)
+    contract = json.loads((root / "models" / "model.contract.json").read_text())
+    assert contract["settings"]["context_slices"] == 1 and "context_slices" in contract["binding"]
+    assert contract["settings"]["network_def"]["in_channels"] == 3
+    src = brain_slices / "BRAINPH_002"
+    out = tmp_path / "out"
+    run_cmd(bundle("run", "--config_file", CFG_INFER, "--datalist", str(src), "--output_dir", str(out),
+                   *BRAIN_TINY), cwd=root)
+    masks = sorted(out.glob("*_mask.png"))
+    assert len(masks) == len(list(src.glob("BRAINPH_002_*[0-9].tif"))) > 3
+    assert all(np.asarray(Image.open(m)).shape == (64, 64) for m in masks)
+    proc = run_cmd(bundle("run", "--config_file", CFG_INFER, "--datalist", str(src), "--output_dir",
+                          str(tmp_path / "refused"), "--context_slices", "0", *BRAIN_TINY), cwd=root, check=False)
+    assert proc.returncode != 0 and "context_slices 0 given" in proc.stdout + proc.stderr
+    assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").iterdir())
 
 def test_real_brats_volume_through_the_slice_model(brain_trained, tmp_path):
     """A real BraTS volume (240 x 240 x 155, float32 labels) cut into slices by a model trained on slices:

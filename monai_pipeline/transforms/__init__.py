@@ -14,7 +14,7 @@ from monai_pipeline.transforms.ct import BodyRegion, LungRegion
 from monai_pipeline.transforms.load import LoadVolumed
 from monai_pipeline.transforms.resample import ResampleToSourced
 from monai_pipeline.transforms.slices import (SLICE_STACK_AFFINE, BrainNormalized, BrainSlicesd, LoadBrainImaged,
-                                             RandCopyChanneld)
+                                             RandCopyChanneld, SliceContextd)
 
 __all__ = ["LoadVolumed", "BodyRegion", "LungRegion", "ResampleToSourced", "LoadBrainImaged", "BrainNormalized", "BrainSlicesd",
-           "RandCopyChanneld", "SLICE_STACK_AFFINE"]
+           "RandCopyChanneld", "SliceContextd", "SLICE_STACK_AFFINE"]

@@ -16,7 +16,7 @@ from monai_pipeline.io.naming import is_slice_file
 from monai_pipeline.io.reader import VolumeReader
 from monai_pipeline.io.slices import read_slice
 
-__all__ = ["LoadBrainImaged", "BrainNormalized", "BrainSlicesd", "RandCopyChanneld", "SLICE_STACK_AFFINE"]
+__all__ = ["LoadBrainImaged", "BrainNormalized", "BrainSlicesd", "RandCopyChanneld", "SliceContextd", "SLICE_STACK_AFFINE"]
 
 # Stacks of 2D slices are arrays (C, W, H, N) in MONAI's (column, row) order with an LPS-aligned affine
 # diag(-1, -1, 1): a slice's columns run from the patient's right to left and its rows from anterior to
@@ -163,17 +163,21 @@ class RandCopyChanneld(RandomizableTransform, MapTransform):
 
     Args:
         keys: image keys, ``(C, ...)`` (any spatial shape).
-        source: index of the channel copied.
+        source: index of the channel copied (within its block).
         prob: probability, per channel other than ``source``, that it becomes a copy of ``source``.
+        block: channels per slice when the image holds several slices' channels in blocks (the output of
+            :class:`SliceContextd`): channel ``c`` of every block becomes a copy of that block's ``source``, one draw
+            for all blocks (a patient's missing sequence is missing on every slice). ``None``: one block.
     """
 
     def __init__(self, keys: KeysCollection = "image", source: int = 1, prob: float = 0.15,
-                 allow_missing_keys: bool = False) -> None:
+                 block: int | None = None, allow_missing_keys: bool = False) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob=1.0)
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f"prob must be within [0, 1], got {prob}")
         self.source, self.channel_prob = int(source), float(prob)
+        self.block = None if block is None else int(block)
         self._copy: list[int] = []
 
     def randomize(self, num_channels: int) -> None:
@@ -185,13 +189,57 @@ class RandCopyChanneld(RandomizableTransform, MapTransform):
         first = next(iter(self.key_iterator(d)), None)
         if first is None:
             return d
-        channels = d[first].shape[0]
+        total = d[first].shape[0]
+        channels = self.block or total
+        if total % channels:
+            raise ValueError(f"an image of {total} channels is not made of blocks of {channels}")
         if not 0 <= self.source < channels:
             raise ValueError(f"source channel {self.source} does not exist in an image of {channels} channels")
         self.randomize(channels)
         for key in self.key_iterator(d):
             if self._copy:
                 img = d[key].clone()
-                img[self._copy] = img[self.source].clone()
+                for start in range(0, total, channels):
+                    img[[start + c for c in self._copy]] = img[start + self.source].clone()
                 d[key] = img
+        return d
+
+
+class SliceContextd(MapTransform):
+    """Give each axial slice its neighbours as channels (2.5D input to a 2D network).
+
+    ``(C, W, H, N)`` becomes ``(C * (2k + 1), W, H, N)``: channel block ``j`` (``C`` channels each, ``j`` = 0..2k)
+    of slice ``n`` is slice ``n + j - k`` of the stack, so block ``k`` is the slice itself. At the ends of the
+    stack the nearest slice stands in for a missing neighbour (slice 0 for slice -1). A lone slice ``(C, W, H)``
+    is its own neighbour: ``(C * (2k + 1), W, H)``. Slices are neighbours in stack order (a slice folder's
+    ``<patient>_<n>`` order, a volume's axial order), whatever the slice spacing. The spatial shape and the
+    meta data do not change, so predictions invert through the other transforms as before.
+
+    Args:
+        keys: image keys (not labels: a label stays one slice).
+        context: ``k``, neighbours on each side (0: unchanged).
+    """
+
+    def __init__(self, keys: KeysCollection = "image", context: int = 1, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if int(context) < 0:
+            raise ValueError(f"context must be 0 or more slices, got {context}")
+        self.context = int(context)
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        if self.context == 0:
+            return d
+        for key in self.key_iterator(d):
+            img = d[key]
+            x = torch.as_tensor(img)
+            if x.ndim == 3:
+                out = x.repeat(2 * self.context + 1, 1, 1)
+            else:
+                n = x.shape[-1]
+                idx = torch.arange(n)
+                out = torch.cat([x[..., (idx + j).clamp(0, n - 1)] for j in range(-self.context, self.context + 1)])
+            if isinstance(img, MetaTensor):
+                out = MetaTensor(out, meta=img.meta, applied_operations=img.applied_operations)
+            d[key] = out
         return d
