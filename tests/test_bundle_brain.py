@@ -388,26 +388,45 @@ def test_volumes_train_and_infer_in_source_geometry(brain_volumes, tmp_path):
 
 
 def test_slice_context_trains_and_infers_from_the_contract(brain_slices, tmp_path):
-    """``context_slices`` 1: the network takes 3 slices' channels, the contract binds it, inference reads it
-    from there and writes each slice's mask; a run that asks for another context is refused."""
+    """``context_slices`` 1: the network takes 3 slices' channels and the contract binds it. Inference reads it
+    from there, stacks each patient's slice files (the neighbours the model was trained with) and writes the
+    masks evaluation writes for the same patient; a rerun finds them done; a patient whose slices differ in size
+    is refused naming the slice; a run that asks for another context is refused."""
     root = tmp_path / "brain"
     shutil.copytree(BRAIN_BUNDLE, root)
-    run_cmd(bundle("run", "--config_file", CFG_TRAIN, "--dataset_dir", str(brain_slices), "--epochs", "1",
-                   "--val_interval", "1", "--val_fraction", "0.34", "--context_slices", "1", *BRAIN_TINY), cwd=root)
+    common = ["--dataset_dir", str(brain_slices), "--val_fraction", "0.34", *BRAIN_TINY]
+    run_cmd(bundle("run", "--config_file", CFG_TRAIN, "--epochs", "1", "--val_interval", "1", "--context_slices", "1",
+                   *common), cwd=root)
     contract = json.loads((root / "models" / "model.contract.json").read_text())
     assert contract["settings"]["context_slices"] == 1 and "context_slices" in contract["binding"]
     assert contract["settings"]["network_def"]["in_channels"] == 3
-    src = brain_slices / "BRAINPH_002"
+    run_cmd(bundle("run", "--config_file", CFG_EVAL, *common), cwd=root)
+    evaluated = sorted((root / "eval" / "predictions").glob("*_mask.png"))
+    patient = evaluated[0].name.rsplit("_", 2)[0]
+    src = brain_slices / patient
     out = tmp_path / "out"
     run_cmd(bundle("run", "--config_file", CFG_INFER, "--datalist", str(src), "--output_dir", str(out),
                    *BRAIN_TINY), cwd=root)
     masks = sorted(out.glob("*_mask.png"))
-    assert len(masks) == len(list(src.glob("BRAINPH_002_*[0-9].tif"))) > 3
-    assert all(np.asarray(Image.open(m)).shape == (64, 64) for m in masks)
+    assert len(masks) == len(list(src.glob(f"{patient}_*[0-9].tif"))) > 3
+    for m in masks:
+        assert np.array_equal(np.asarray(Image.open(m)), np.asarray(Image.open(root / "eval" / "predictions" / m.name)))
+    again = run_cmd(bundle("run", "--config_file", CFG_INFER, "--datalist", str(src), "--output_dir", str(out),
+                           *BRAIN_TINY), cwd=root)
+    assert "1 of 1 case(s) already have a complete mask" in again.stdout + again.stderr
+
+    odd = tmp_path / "odd"
+    shutil.copytree(src, odd)
+    small = sorted(odd.glob(f"{patient}_*[0-9].tif"))[2]
+    Image.open(small).resize((40, 40)).save(small)
+    proc = run_cmd(bundle("run", "--config_file", CFG_INFER, "--datalist", str(odd), "--output_dir",
+                          str(tmp_path / "odd_out"), *BRAIN_TINY), cwd=root, check=False)
+    assert proc.returncode != 0 and f"{small}: its size 40 x 40 differs" in proc.stdout + proc.stderr
     proc = run_cmd(bundle("run", "--config_file", CFG_INFER, "--datalist", str(src), "--output_dir",
                           str(tmp_path / "refused"), "--context_slices", "0", *BRAIN_TINY), cwd=root, check=False)
     assert proc.returncode != 0 and "context_slices 0 given" in proc.stdout + proc.stderr
-    assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").iterdir())
+    for folder in ("odd_out", "refused"):
+        assert not (tmp_path / folder).exists() or not any((tmp_path / folder).iterdir())
 
 def test_real_brats_volume_through_the_slice_model(brain_trained, tmp_path):
     """A real BraTS volume (240 x 240 x 155, float32 labels) cut into slices by a model trained on slices:

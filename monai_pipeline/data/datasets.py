@@ -23,7 +23,7 @@ from monai_pipeline.io.dicom import is_dicom_path
 from monai_pipeline.io.naming import IMAGE_SUFFIXES, SLICE_SUFFIXES, case_id, first, is_slice_file, patient_id
 from monai_pipeline.io.slices import is_slice_mask, pair_slices, read_slice, slice_parts
 
-__all__ = ["read_dataset_json", "declared_labels", "msd_datalist", "msd_test_datalist", "gather_paths",
+__all__ = ["read_dataset_json", "declared_labels", "msd_datalist", "msd_test_datalist", "gather_paths", "stack_slices",
            "image_datalist", "lidc_datalist", "lidc_images", "lidc_split", "slice_folder", "lgg_datalist", "brain_test_images",
            "brain_datalist", "kfold_split", "split_train_val"]
 
@@ -191,8 +191,32 @@ def gather_paths(images: str | os.PathLike | Iterable[str | os.PathLike], suffix
     return [absolute(q) if isinstance(q, str) else [absolute(r) for r in q] for q in paths]
 
 
+def stack_slices(entries: Iterable) -> list:
+    """Group the single 2D slice files of ``entries`` into one stack per patient, for models that look at a
+    slice's neighbours (the brain bundle's ``context_slices``).
+
+    Slices of one patient share a folder and the ``<patient>`` of ``<patient>_<n>.<ext>``; a stack lists them in
+    slice order ``n`` and takes the place of the patient's first slice among ``entries``. Other entries (volumes,
+    lists of modality files, slice files whose names carry no slice number) stay as they are.
+    """
+    out: list = []
+    stacks: dict[tuple[str, str], list] = {}
+    for entry in entries:
+        parts = slice_parts(entry) if not isinstance(entry, list) and is_slice_file(entry) else None
+        if parts is None or parts[2]:
+            out.append(entry)
+            continue
+        key = (str(Path(entry).parent), parts[0])
+        if key not in stacks:
+            stacks[key] = []
+            out.append(key)
+        stacks[key].append(entry)
+    return [sorted(stacks[e], key=lambda f: slice_parts(f)[1]) if isinstance(e, tuple) else e for e in out]
+
+
 def image_datalist(images: str | os.PathLike | Iterable[str | os.PathLike], ndim: int = 3,
-                   slices: bool = False, skip_bad: bool = False, thorough: bool = True) -> list[dict]:
+                   slices: bool = False, skip_bad: bool = False, thorough: bool = True,
+                   stacks: bool = False) -> list[dict]:
     """Validated inference datalist from image paths, a folder of images, or a text file of paths.
 
     Returns ``[{"image": abs_path, "case_id": ...}]``. Duplicated case IDs are refused because their
@@ -202,13 +226,14 @@ def image_datalist(images: str | os.PathLike | Iterable[str | os.PathLike], ndim
     mix slices and volumes. With ``skip_bad=True`` (batch inference) an unusable file is logged and left
     out instead of stopping the run; the skipped files and their faults are listed in the log, and an
     error is raised only when nothing usable is left. ``thorough``: as for
-    :func:`~monai_pipeline.data.validate.image_info` (False on the inference path).
+    :func:`~monai_pipeline.data.validate.image_info` (False on the inference path). ``stacks``: a list of slice
+    images is one patient's stack (see :func:`stack_slices`), its slices of one size, instead of an error.
     """
     if skip_bad:
         items, bad = [], []
         for entry in gather_paths(images, IMAGE_SUFFIXES + (SLICE_SUFFIXES if slices else ())):
             try:
-                items.extend(image_datalist([entry], ndim, slices, thorough=thorough))
+                items.extend(image_datalist([entry], ndim, slices, thorough=thorough, stacks=stacks))
             except DataError as err:
                 bad.append(str(err))
                 logger.warning("skipped: %s", err)
@@ -229,10 +254,19 @@ def image_datalist(images: str | os.PathLike | Iterable[str | os.PathLike], ndim
         if isinstance(entry, list) and len(entry) == 0:
             raise DataError("the inference datalist holds an empty list of modality files")
         if slices and is_slice_file(full):
-            if isinstance(entry, list) and len(entry) > 1:
+            if isinstance(entry, list) and len(entry) > 1 and not stacks:
                 raise DataError(f"{full}: give slice images one by one, not as a list")
-            read_slice(full)
-            item = {"image": [full]}
+            group = [str(f) for f in entry] if isinstance(entry, list) else [full]
+            sizes = {}
+            for f in group:
+                if not is_slice_file(f):
+                    raise DataError(f"{f}: a stack of slice images holds another kind of file")
+                sizes.setdefault(read_slice(f).shape[:2], f)
+            if len(sizes) > 1:
+                (a, fa), (b, fb) = list(sizes.items())[:2]
+                raise DataError(f"{fb}: its size {b[1]} x {b[0]} differs from {fa} ({a[1]} x {a[0]}) of the same "
+                                "patient; a model that reads neighbouring slices needs a patient's slices at one size")
+            item = {"image": group}
         elif isinstance(entry, list):
             validate_datalist([{"image": entry}], ndim, thorough=thorough)
             item = {"image": entry}

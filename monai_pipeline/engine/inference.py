@@ -33,7 +33,7 @@ from ignite.engine import Events
 from monai.data import Dataset, MetaTensor, partition_dataset
 from PIL import Image
 
-from monai_pipeline.data.datasets import gather_paths, image_datalist
+from monai_pipeline.data.datasets import gather_paths, image_datalist, stack_slices
 from monai_pipeline.data.validate import check_something_usable, check_unique_case_ids, image_info
 from monai_pipeline.engine.runtime import dist_rank
 from monai_pipeline.errors import DataError
@@ -147,9 +147,16 @@ def _scan(entries: list, output_dir: str | os.PathLike, postfix: str, ext: str, 
     for index, entry in enumerate(entries):
         head = first(entry)
         cid = case_id(head)
-        mask = mask_path(head, output_dir, postfix, ".png" if is_slice_file(head) else ext)
-        rec = {"case_id": cid, "image": entry, "mask": str(mask), "index": index}
-        problem = "overwrite" if overwrite else existing_mask_problem(mask, head, weights)
+        # a stack of slices (stack_slices) is done when every slice's mask is
+        sources = [str(f) for f in entry] if isinstance(entry, list) and is_slice_file(head) else [head]
+        masks = [mask_path(f, output_dir, postfix, ".png" if is_slice_file(f) else ext) for f in sources]
+        rec = {"case_id": cid, "image": entry, "mask": str(masks[0]), "index": index}
+        problem, mask = ("overwrite" if overwrite else None), masks[0]
+        if not overwrite:
+            for mask, head in zip(masks, sources):
+                problem = existing_mask_problem(mask, head, weights)
+                if problem is not None:
+                    break
         if problem is None:
             done.append(rec)
             continue
@@ -161,7 +168,8 @@ def _scan(entries: list, output_dir: str | os.PathLike, postfix: str, ext: str, 
 
 def pending(datalist: str | os.PathLike | Iterable, output_dir: str | os.PathLike, postfix: str = "seg",
             ext: str = ".nii.gz", overwrite: bool = False, skip_bad: bool = True, ndim: int = 3,
-            slices: bool = False, weights: str | os.PathLike | None = None, distributed: bool = False) -> Pending:
+            slices: bool = False, weights: str | os.PathLike | None = None, distributed: bool = False,
+            stacks: bool = False) -> Pending:
     """The inference datalist of the cases still to do: the inputs minus those whose mask is complete.
 
     Runs before anything is loaded: the done check reads headers only (:func:`existing_mask_problem`),
@@ -180,9 +188,14 @@ def pending(datalist: str | os.PathLike | Iterable, output_dir: str | os.PathLik
         distributed: under an initialised ``torch.distributed`` group, rank 0 decides what is pending (so
             no rank sees another's new masks), and each rank keeps and validates its own share
             (``monai.data.partition_dataset``, no padding: every case exactly once).
+        stacks: 2D slice files become one stack per patient (:func:`~monai_pipeline.data.stack_slices`), for a
+            model that reads a slice's neighbours; a stack is done when all of its slices' masks are, and a bad
+            slice leaves its whole patient out.
     """
     rank, world = dist_rank() if distributed else (0, 1)
     entries = gather_paths(datalist, IMAGE_SUFFIXES + (SLICE_SUFFIXES if slices else ()))
+    if stacks:
+        entries = stack_slices(entries)
     if world > 1:
         plan: list[Any] = [_scan(entries, output_dir, postfix, ext, overwrite, weights) if rank == 0 else None]
         dist.broadcast_object_list(plan, src=0)
@@ -206,7 +219,7 @@ def pending(datalist: str | os.PathLike | Iterable, output_dir: str | os.PathLik
             good.append(rec)
             continue
         try:
-            image_datalist([rec["image"]], ndim, slices, thorough=False)
+            image_datalist([rec["image"]], ndim, slices, thorough=False, stacks=stacks)
             good.append(rec)
         except DataError as err:
             rejected.append({**rec, "error": str(err)})
@@ -216,7 +229,7 @@ def pending(datalist: str | os.PathLike | Iterable, output_dir: str | os.PathLik
                        "\n  ".join(r["error"] for r in rejected))
         if world == 1:
             check_something_usable(len(good) + len(done), [r["error"] for r in rejected])
-    items = image_datalist([r["image"] for r in good], ndim, slices, thorough=False) if good else []  # strict: raises here
+    items = image_datalist([r["image"] for r in good], ndim, slices, thorough=False, stacks=stacks) if good else []  # strict: raises here
     recs = done + todo
     for item, rec in zip(items, good):
         item[OUTPUT_PATH_KEY] = rec["mask"]
