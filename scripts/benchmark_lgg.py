@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cv-name", default="cv", help="name of the cross-validation's files (another recipe, apart)")
     ap.add_argument("--nested", metavar="NAME,NAME",
                     help="pool cross-validations of several recipes: per fold, the recipe its selection patients "
-                         "score best (no test patient chooses); writes lgg_nested_summary.json")
+                         "score best (no test patient chooses); writes lgg_nested_<NAME>_<NAME>.json")
     ap.add_argument("--all-folds", action="store_true",
                     help="every fold in turn (a fold whose result exists is skipped, a started one resumes), each "
                          "with its inference levers (select_lgg_levers.py), then --cv-summary")
@@ -198,6 +198,11 @@ def all_folds(argv: list[str], args: argparse.Namespace) -> int:
     return cv_summary(RESULTS, args.num_folds, args.cv_name)
 
 
+def nested_file(names: list[str]) -> str:
+    """The nested summary's file name: one per set of recipes (``cv,cvlong``: ``lgg_nested_cv_cvlong.json``)."""
+    return "lgg_nested_" + "_".join(names) + ".json"
+
+
 def nested_summary(results: Path, num_folds: int, names: list[str]) -> int:
     """Per fold, the recipe (``--cv-name``) whose fold model scores best on the fold's selection patients; pool
     the held-out patients of each fold as scored by its chosen recipe, without and with that recipe's levers."""
@@ -232,7 +237,7 @@ def nested_summary(results: Path, num_folds: int, names: list[str]) -> int:
         "per_fold": folds, "per_patient": rows,
         "command": "python scripts/benchmark_lgg.py --nested " + ",".join(names),
     }
-    atomic_write_text(results / "lgg_nested_summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(results / nested_file(names), json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "per_patient"}, indent=2))
     return 0
 

@@ -301,17 +301,20 @@ def _check_lgg_cv(name: str) -> None:
         assert abs(statistics.fmean(chosen) - pooled["mean_patient_dice"]) < 1e-3
 
 
-def test_committed_lgg_nested_summary_picks_each_folds_recipe_on_its_selection_patients():
-    """``benchmark_lgg.py --nested cv,cv3``: per fold, the recipe with the best selection mean is the one whose held-
-    out patients are pooled (without levers and with its own levers); no held-out patient is a selection patient."""
+@pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "results").glob("lgg_nested_*.json")), ids=lambda p: p.stem)
+def test_committed_lgg_nested_summary_picks_each_folds_recipe_on_its_selection_patients(path):
+    """``benchmark_lgg.py --nested cv,cvlong``: per fold, the recipe with the best selection mean is the one whose
+    held-out patients are pooled (without levers and with its own levers); no held-out patient is a selection
+    patient; the file is named after its recipes."""
     import statistics
 
-    results = ROOT / "benchmarks" / "results"
-    path = results / "lgg_nested_summary.json"
-    if not path.is_file():
-        pytest.skip("no nested summary committed (scripts/benchmark_lgg.py --nested cv,cv3)")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from benchmark_lgg import nested_file
+
+    results = path.parent
     summary = json.loads(path.read_text())
     names = summary["recipes"]
+    assert path.name == nested_file(names) and summary["command"].endswith("--nested " + ",".join(names))
     for how, key, field in (("baseline", "no_levers", "baseline"), ("levers", "with_levers", "chosen")):
         expected = []
         for k, fold in summary["per_fold"].items():
