@@ -255,13 +255,14 @@ def test_flair_copies_replace_other_channels_at_the_rate_asked():
 
 
 def test_train_precision_reaches_the_trainers_inferer_only():
-    """``train_precision`` wraps the trainer's forward pass (default fp32: the recipe of the committed figures);
+    """``train_precision`` wraps the trainer's forward pass (default auto: bf16 where native, the shipped model's recipe);
     validation and inference keep their own inferer."""
     from monai_pipeline.app.bundles import resolve
-    from monai_pipeline.engine.precision import PrecisionInferer
+    from monai_pipeline.engine.precision import PrecisionInferer, resolve_precision
 
     (default,) = resolve("brain", "train", ["train#inferer"])
-    assert isinstance(default, PrecisionInferer) and default.precision == "fp32" and default.channels_last
+    assert isinstance(default, PrecisionInferer) and default.requested == "auto" and default.channels_last
+    assert default.precision == resolve_precision("auto", "cpu", training=True)  # bf16 on this CPU if native
     trainer, validator = resolve("brain", "train", ["train#inferer", "validate#inferer"], train_precision="bf16",
                                  channels_last=False)
     assert trainer.precision == "bf16" and not trainer.channels_last and not trainer.verify

@@ -352,7 +352,10 @@ def test_shipped_weights(name):
     net = inference_parser(BUNDLES[name]).get_parsed_content("network_def")
     net.load_state_dict(torch.load(models / "model.pt", map_location="cpu", weights_only=True), strict=True)
     # the metadata describes the shipped model's input (verify_net_in_out feeds it)
-    assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == contract.settings["network_def"]["in_channels"]
+    in_channels = contract.settings["network_def"]["in_channels"]
+    assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == in_channels
+    # and so does the contract's own copy of it (written at training time from the metadata of that day)
+    assert contract.data["inputs"]["image"]["num_channels"] == in_channels, f"{models}/model.contract.json inputs"
 
 
 def test_metadata_schema(zoo_bundle):
