@@ -22,17 +22,23 @@ Progress is the bundle's epoch log. A run continues from the latest checkpoint i
 
 **Cross-validation** (all 55 patients, each scored once by the model that never saw it):
 
-    .venv/bin/python scripts/benchmark_lgg.py --fold 0 --epochs 100 --set 'channels=[1]'   # folds 0..4, one per run
-    .venv/bin/python scripts/benchmark_lgg.py --cv-summary                                  # pool the folds done
-    .venv/bin/python scripts/benchmark_lgg.py --all-folds --epochs 100 --set 'channels=[1]'  # all of it, resumable
+    .venv/bin/python scripts/benchmark_lgg.py --fold 0 --cv-name cvlong --epochs 150 --set 'channels=[1]' --set train_precision=auto
+    .venv/bin/python scripts/benchmark_lgg.py --cv-summary --cv-name cvlong   # pool the folds done
+    .venv/bin/python scripts/benchmark_lgg.py --all-folds --cv-name cvlong --epochs 150 --set 'channels=[1]' --set train_precision=auto
+    .venv/bin/python scripts/benchmark_lgg.py --nested cv,cvlong   # per fold, the recipe its selection patients prefer
+
+The first trains and scores one fold (0..4, one per run), the third all of them with each fold's levers
+(resumable: a fold with a result is skipped, a started one resumes).
 
 ``--fold K`` trains on the other four folds (the bundle's ``split_mode cv``: a tenth of their patients choose the
 checkpoint and stop early; fold K's patients choose nothing), evaluates fold K and writes
 ``benchmarks/results/lgg_cv_fold<K>.json`` (work folder ``runs/lgg_cv/fold<K>``, resumable). ``--cv-summary`` pools
 the per-patient Dice of every fold result present into ``lgg_cv_summary.json``: mean and median with bootstrap
 95 % intervals, and which folds are done. ``--cv-name NAME`` keeps another recipe's cross-validation apart
-(``lgg_NAME_fold<K>.json``, ``runs/lgg_NAME/``): ``cv`` is FLAIR alone; ``cv3`` is the three sequences with FLAIR
-copies in training (``--cv-name cv3 --set 'channels=[0,1,2]' --set flair_copy_prob=0.15``).
+(``lgg_NAME_fold<K>.json``, ``runs/lgg_NAME/``): ``cvlong`` is the brain bundle's defaults since 0.7.0 (FLAIR alone,
+150 epochs, ``train_precision auto``); ``cv`` is FLAIR alone, 100 epochs in float32 (``--epochs 100 --set
+train_precision=fp32``, the defaults before); ``cv3`` is ``cv`` on the three sequences with FLAIR copies in training
+(``--cv-name cv3 --epochs 100 --set 'channels=[0,1,2]' --set flair_copy_prob=0.15 --set train_precision=fp32``).
 """
 
 from __future__ import annotations
