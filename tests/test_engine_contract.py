@@ -241,6 +241,9 @@ def test_brain_contract_records_channels_and_inference_uses_them(tmp_path):
     assert contract["settings"]["channels"] == [0, 2] and "channels" in contract["binding"]
     assert contract["settings"]["image_size"] == [64, 64] and contract["settings"]["network_def"]["in_channels"] == 2
     assert contract["inputs"]["image"]["modality"] == "MR"  # what the channels hold, from the metadata
+    # ... but the channels are the model's own, not the metadata's default FLAIR channel
+    assert contract["inputs"]["image"]["num_channels"] == 2
+    assert contract["inputs"]["image"]["channel_def"] == {"0": "channel 0 of the source", "1": "channel 2 of the source"}
 
     images = [str(p) for p in sorted((data / "BRAINPH_002").glob("BRAINPH_002_[12].tif"))]
     plain = _infer(models, images, tmp_path / "plain", "brain", num_workers=0)
@@ -253,3 +256,23 @@ def test_brain_contract_records_channels_and_inference_uses_them(tmp_path):
     for name in names:
         a, b = (np.asarray(Image.open(tmp_path / d / name)) for d in ("plain", "repeated"))
         assert np.array_equal(a, b), name
+
+
+def test_contract_inputs_describe_context_slices_channel_by_channel():
+    """With ``context_slices`` k each input channel is one source channel of one slice offset, in the order
+    ``SliceContextd`` stacks them (blocks of slices n - k .. n + k); a network whose in_channels fits neither
+    is described by channel number."""
+    from monai.networks.nets import UNet
+
+    from monai_pipeline.engine.contract import contract_network, new_contract
+
+    def settings(in_channels, **binding):
+        net = contract_network(None, functools.partial(UNet, spatial_dims=2, in_channels=in_channels, out_channels=2,
+                                                       channels=(4, 8), strides=(2,)))
+        return {"binding": {**binding, "network_def": net}, "defaults": {}}
+
+    image = new_contract(settings(6, channels=[0, 2], context_slices=1), BRAIN_BUNDLE)["inputs"]["image"]
+    assert image["num_channels"] == 6 and list(image["channel_def"].values()) == [
+        f"channel {c} of the source, slice offset {o}" for o in ("-1", "+0", "+1") for c in (0, 2)]
+    image = new_contract(settings(5, channels=[1], context_slices=1), BRAIN_BUNDLE)["inputs"]["image"]
+    assert image["num_channels"] == 5 and image["channel_def"] == {str(i): f"input channel {i}" for i in range(5)}

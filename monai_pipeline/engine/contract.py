@@ -206,10 +206,38 @@ def new_contract(settings: Mapping[str, Mapping[str, Any]], bundle_root: str | o
         "binding": list(binding),
         "defaults": list(defaults),
         "settings": _plain({**binding, **defaults}, "a setting"),
-        "inputs": _plain(meta.get("network_data_format", {}).get("inputs"), "the metadata's inputs"),
+        "inputs": _plain(_inputs(meta, binding), "the metadata's inputs"),
         "software": _software(),
         "git_revision": git_revision(),
     }
+
+
+def _inputs(metadata: Mapping[str, Any], binding: Mapping[str, Any]) -> Any:
+    """What the model's input holds: the metadata's ``network_data_format`` inputs, made the model's own where its
+    bound settings say more. ``num_channels`` is the network's ``in_channels``; with bound ``channels`` (which
+    channels of the source, in order) each input channel is described by the source channel it holds and, with
+    ``context_slices`` k (channel blocks of slices n - k .. n + k, as ``SliceContextd`` stacks them), its slice
+    offset. The metadata describes the bundle's default model only: a model trained with other channels must not
+    carry its description."""
+    inputs = copy.deepcopy(metadata.get("network_data_format", {}).get("inputs"))
+    image = inputs.get("image") if isinstance(inputs, dict) else None
+    network = binding.get("network_def")
+    in_channels = network.get("in_channels") if isinstance(network, Mapping) else None
+    if not isinstance(image, dict) or in_channels is None:
+        return inputs
+    image["num_channels"] = in_channels
+    channels = binding.get("channels")
+    if channels is not None:
+        k = int(binding.get("context_slices") or 0)
+        roles = [f"channel {c} of the source" + (f", slice offset {b - k:+d}" if k else "")
+                 for b in range(2 * k + 1) for c in channels]
+        if len(roles) == in_channels:
+            image["channel_def"] = {str(i): role for i, role in enumerate(roles)}
+        else:
+            logger.warning("the network's in_channels (%s) is not len(channels) x (2 x context_slices + 1) (%s): "
+                           "the model's contract describes its input channels by number only", in_channels, len(roles))
+            image["channel_def"] = {str(i): f"input channel {i}" for i in range(in_channels)}
+    return inputs
 
 
 def write_contract(weights: str | os.PathLike, contract: Mapping[str, Any],
