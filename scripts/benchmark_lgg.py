@@ -113,12 +113,16 @@ def main(argv=None) -> int:
         if args.out == DEFAULT_OUT:
             args.out = str(RESULTS / f"lgg_{args.cv_name}_fold{args.fold}.json")
 
+    extra = parse_overrides(args.set)
+    if cv and (clash := recipe_clash(Path(args.out), args.epochs, extra)):
+        print(f"error: {clash}", file=sys.stderr)
+        return 2
+
     data, brats = Path(args.data), Path(args.brats)
     if not data.is_dir():
         print(f"error: {data} not found: point --data at the lgg_kaggle_3m folder", file=sys.stderr)
         return 2
     work = Path(args.work)
-    extra = parse_overrides(args.set)
     split_args = {**CV_SPLIT, "fold": args.fold, "num_folds": args.num_folds} if cv else SPLIT
     overrides = dict(dataset_dir=str(data.resolve()), ckpt_dir=str(work / "models"), seed=args.seed,
                      max_cases=args.max_cases, **split_args, **extra)
@@ -186,6 +190,20 @@ def main(argv=None) -> int:
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k not in ("per_patient",)}, indent=2))
     return 0
+
+
+def recipe_clash(out: Path, epochs: int, overrides: dict) -> str | None:
+    """Why a fold run must not write ``out``: the file holds a fold of another recipe (other epochs or bundle
+    overrides), which this run would replace under the same cross-validation name; ``None`` when it may."""
+    if not out.is_file():
+        return None
+    old = json.loads(out.read_text())
+    was = (old.get("epochs_requested", old.get("epochs")), old.get("bundle_overrides"))
+    now = (epochs, overrides)
+    if was == now:
+        return None
+    return (f"{out} holds a fold of another recipe (epochs {was[0]}, overrides {was[1]}; this run: epochs {now[0]}, "
+            f"overrides {now[1]}): give --cv-name NAME to keep this recipe apart, or --out another file")
 
 
 def all_folds(argv: list[str], args: argparse.Namespace) -> int:

@@ -358,3 +358,21 @@ def test_lgg_all_folds_runs_the_missing_folds_then_their_levers_then_the_summary
     assert benchmark_lgg.all_folds(["--all-folds", "--epochs", "100", "--num-folds", "3"], args) == 0
     assert calls == [("levers", "1"), ("fold", ["--epochs", "100", "--num-folds", "3", "--fold", "2"]),
                      ("levers", "2"), ("summary", 3)]
+
+
+def test_lgg_fold_run_refuses_to_overwrite_another_recipes_fold(tmp_path, capsys):
+    """``--fold K`` without ``--cv-name`` must not replace a committed fold of another recipe: the run stops before
+    training with one line naming the file and both recipes; the same recipe may rewrite its own fold."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import benchmark_lgg
+
+    out = tmp_path / "lgg_cv_fold0.json"
+    out.write_text(json.dumps({"epochs": 100, "epochs_requested": 150, "bundle_overrides": {"channels": [1]}}))
+    assert benchmark_lgg.recipe_clash(out, 150, {"channels": [1]}) is None  # early stop: requested epochs count
+    assert benchmark_lgg.recipe_clash(tmp_path / "absent.json", 5, {}) is None
+    clash = benchmark_lgg.recipe_clash(out, 150, {"channels": [1], "context_slices": 1})
+    assert str(out) in clash and "--cv-name" in clash
+    rc = benchmark_lgg.main(["--fold", "0", "--out", str(out), "--epochs", "100", "--set", "channels=[1]",
+                             "--data", str(tmp_path / "no_data"), "--work", str(tmp_path / "work")])
+    assert rc == 2 and "another recipe" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists() and json.loads(out.read_text())["epochs"] == 100
