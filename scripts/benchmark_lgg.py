@@ -35,7 +35,8 @@ checkpoint and stop early; fold K's patients choose nothing), evaluates fold K a
 ``benchmarks/results/lgg_cv_fold<K>.json`` (work folder ``runs/lgg_cv/fold<K>``, resumable). ``--cv-summary`` pools
 the per-patient Dice of every fold result present into ``lgg_cv_summary.json``: mean and median with bootstrap
 95 % intervals, and which folds are done. ``--cv-name NAME`` keeps another recipe's cross-validation apart
-(``lgg_NAME_fold<K>.json``, ``runs/lgg_NAME/``): ``cvlong`` is the brain bundle's defaults since 0.7.0 (FLAIR alone,
+(``lgg_NAME_fold<K>.json``, ``runs/lgg_NAME/``; a fold run refuses to replace a fold file of other epochs or
+overrides): ``cvlong`` is the brain bundle's defaults since 0.7.0 (FLAIR alone,
 150 epochs, ``train_precision auto``); ``cv`` is FLAIR alone, 100 epochs in float32 (``--epochs 100 --set
 train_precision=fp32``, the defaults before); ``cv3`` is ``cv`` on the three sequences with FLAIR copies in training
 (``--cv-name cv3 --epochs 100 --set 'channels=[0,1,2]' --set flair_copy_prob=0.15 --set train_precision=fp32``).
