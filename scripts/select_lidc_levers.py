@@ -11,6 +11,9 @@ with the baseline (no TTA, 0.5, every component: what the bundle's evaluate runs
 
     .venv/bin/python scripts/select_lidc_levers.py --model-dir runs/lidc/main/models
 
+``--model-dir`` given more than once scores the models' ensemble: each variant averages the models' foreground
+probabilities on the crop's grid before its threshold (the cost per nodule is the sum of the models').
+
 Writes ``benchmarks/results/lidc_levers_<cpu tag>.json``.
 """
 
@@ -45,15 +48,18 @@ BASELINE = ("none", 0.5, "all")
 
 
 
-def probabilities(model: CropSegmenter, image: str, flips: list) -> np.ndarray:
+def probabilities(models: list[CropSegmenter], image: str, flips: list) -> np.ndarray:
+    """Foreground probability on the crop's own grid, the mean over ``models`` (one model: its own)."""
     from monai_pipeline.transforms import ResampleToSourced
 
-    d = ResampleToSourced("pred", "image", threshold=None)(model.predict(image, flips))
-    return np.asarray(d["pred"][0], dtype=np.float32)
+    probs = [np.asarray(ResampleToSourced("pred", "image", threshold=None)(m.predict(image, flips))["pred"][0],
+                        dtype=np.float32) for m in models]
+    return np.mean(probs, axis=0)
 
 
-def score(model: CropSegmenter, items: list[dict], ttas: list[str]) -> tuple[dict, dict]:
-    """Dice per nodule of every variant ``(tta, threshold, component)``, and seconds per nodule per TTA."""
+def score(models: list[CropSegmenter], items: list[dict], ttas: list[str]) -> tuple[dict, dict]:
+    """Dice per nodule of every variant ``(tta, threshold, component)`` of the models' (mean) probability, and
+    seconds per nodule per TTA."""
     per: dict = {v: [] for v in itertools.product(ttas, THRESHOLDS, COMPONENTS)}
     seconds = {t: 0.0 for t in ttas}
     for item in items:
@@ -61,7 +67,7 @@ def score(model: CropSegmenter, items: list[dict], ttas: list[str]) -> tuple[dic
         centre = (np.asarray(ref.shape) - 1) / 2.0
         for t in ttas:
             t0 = time.perf_counter()
-            prob = probabilities(model, item["image"], TTA[t])
+            prob = probabilities(models, item["image"], TTA[t])
             seconds[t] += time.perf_counter() - t0
             for th in THRESHOLDS:
                 mask = prob > th
@@ -78,16 +84,18 @@ def _name(v: tuple) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "lidc_nodules"))
-    ap.add_argument("--model-dir", default=str(ROOT / "bundles" / "lung_nodule_ct_delineation" / "models"))
+    ap.add_argument("--model-dir", action="append", default=None,
+                    help="a trained model's folder; more than once: their ensemble (default: the shipped model)")
     ap.add_argument("--max-cases", type=int, default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"lidc_levers_{cpu_tag()}.json"
-    model = CropSegmenter("nodule", args.model_dir)
+    model_dirs = args.model_dir or [str(ROOT / "bundles" / "lung_nodule_ct_delineation" / "models")]
+    models = [CropSegmenter("nodule", d) for d in model_dirs]
     sel = lidc_split(args.data, "val", 0.1, 0.2, 0)[: args.max_cases]
     test = lidc_split(args.data, "test", 0.1, 0.2, 0)[: args.max_cases]
 
-    per, cost = score(model, sel, list(TTA))
+    per, cost = score(models, sel, list(TTA))
     means = {v: statistics.fmean(d) for v, d in per.items()}
     # best mean selection Dice; a variant must beat the cheaper/simpler ones by 0.002 to be chosen
     order = sorted(means, key=lambda v: (list(TTA).index(v[0]), v[2] != "all", abs(v[1] - 0.5)))
@@ -97,11 +105,11 @@ def main(argv=None) -> int:
             chosen = v
     print(f"selection ({len(sel)} nodules): baseline {means[BASELINE]:.4f}; chosen {_name(chosen)} {means[chosen]:.4f}")
 
-    tper, tcost = score(model, test, sorted({BASELINE[0], chosen[0]}, key=list(TTA).index))
+    tper, tcost = score(models, test, sorted({BASELINE[0], chosen[0]}, key=list(TTA).index))
     report = {v: tper[v] for v in (BASELINE, chosen)}
     result = {
         "dataset": "LIDC-IDRI nodule crops, the nodule bundle's patient-level split (seed 0, val 0.1, test 0.2)",
-        "model_dir": args.model_dir,
+        "model_dir": model_dirs[0] if len(model_dirs) == 1 else model_dirs,
         "protocol": "every variant scored on the selection nodules (the patients that chose the checkpoint); the best "
                     "mean chosen there (a costlier or less simple variant must win by > 0.002); the test nodules "
                     "scored only with the baseline and the chosen variant",

@@ -376,3 +376,27 @@ def test_lgg_fold_run_refuses_to_overwrite_another_recipes_fold(tmp_path, capsys
                              "--data", str(tmp_path / "no_data"), "--work", str(tmp_path / "work")])
     assert rc == 2 and "another recipe" in capsys.readouterr().err
     assert not (tmp_path / "work").exists() and json.loads(out.read_text())["epochs"] == 100
+
+
+def test_lidc_levers_ensemble_averages_the_models_probabilities(monkeypatch):
+    """``select_lidc_levers.py --model-dir A --model-dir B``: each variant thresholds the mean of the models'
+    foreground probabilities on the crop's grid (one model: its own probability, unchanged)."""
+    import numpy as np
+
+    import monai_pipeline.transforms as transforms
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import select_lidc_levers
+
+    class Fake:
+        def __init__(self, value):
+            self.value = value
+
+        def predict(self, image, flips):
+            return {"pred": np.full((1, 2, 3, 4), self.value, dtype=np.float32), "flips": flips}
+
+    monkeypatch.setattr(transforms, "ResampleToSourced", lambda *a, **k: (lambda d: d))
+    a, b = Fake(0.2), Fake(0.8)
+    assert np.allclose(select_lidc_levers.probabilities([a], "crop.nii.gz", []), 0.2)
+    both = select_lidc_levers.probabilities([a, b], "crop.nii.gz", [[0]])
+    assert both.shape == (2, 3, 4) and np.allclose(both, 0.5)
