@@ -38,6 +38,34 @@ def shared(*parts: str) -> Path:
     return path
 
 
+def debian_tool(names: tuple[str, ...], package: str) -> str:
+    """An executable from Debian package ``package``: the first of ``names`` on PATH, or installed with apt-get
+    when running as root; else the test is skipped, saying why."""
+    def found() -> str | None:
+        return next((exe for exe in map(shutil.which, names) if exe), None)
+
+    if exe := found():
+        return exe
+    if not shutil.which("apt-get"):
+        pytest.skip(f"{names[0]} is not on PATH and apt-get is not available to install {package}")
+    if os.geteuid() != 0:
+        pytest.skip(f"{names[0]} is not on PATH and installing {package} with apt-get needs root (running as uid "
+                    f"{os.geteuid()})")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd, timeout in ((["apt-get", "update"], 900),
+                         (["apt-get", "install", "-y", "--no-install-recommends", package], 1800)):
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            pytest.skip(f"`{' '.join(cmd)}` did not finish within {timeout} s")
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+            pytest.skip(f"`{' '.join(cmd)}` failed (exit {proc.returncode}): {tail}")
+    if not (exe := found()):
+        pytest.skip(f"apt-get installed {package} but no {names[0]} executable is on PATH")
+    return exe
+
+
 def run_cmd(args: list[str], cwd: Path | str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
     """Run a command with the venv's executables first on PATH; fail with its output when it fails."""
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONUNBUFFERED="1",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import debian_tool
 from monai_pipeline.report import plots as visualize
 from monai_pipeline.app.cli import main
 from monai_pipeline.report.html import build_report
@@ -233,29 +233,7 @@ def test_cli_prints_where_the_report_is(tmp_path, full_run, capsys, monkeypatch)
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """The Chromium executable: on PATH, or installed with apt-get when running as root; else skip, saying why."""
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        exe = shutil.which(name)
-        if exe:
-            return exe
-    if not shutil.which("apt-get"):
-        pytest.skip("chromium is not on PATH and apt-get is not available to install it")
-    if os.geteuid() != 0:
-        pytest.skip("chromium is not on PATH and installing it with apt-get needs root (running as uid "
-                    f"{os.geteuid()})")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd, timeout in ((["apt-get", "update"], 900),
-                         (["apt-get", "install", "-y", "--no-install-recommends", "chromium"], 1800)):
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-        except subprocess.TimeoutExpired:
-            pytest.skip(f"`{' '.join(cmd)}` did not finish within {timeout} s")
-        if proc.returncode != 0:
-            tail = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-            pytest.skip(f"`{' '.join(cmd)}` failed (exit {proc.returncode}): {tail}")
-    exe = shutil.which("chromium")
-    if not exe:
-        pytest.skip("apt-get installed chromium but no `chromium` executable is on PATH")
-    return exe
+    return debian_tool(("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"), "chromium")
 
 
 def _run_chromium(exe: str, profile_root: Path, *args: str, timeout: int = 60) -> subprocess.CompletedProcess:
