@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -38,6 +39,21 @@ def shared(*parts: str) -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=None)
+def _apt_get(*args: str, timeout: int) -> None:
+    """``apt-get ARGS`` once per test session (a successful call is remembered: one ``update`` serves every
+    tool); a failure or time-out skips the calling test, saying why."""
+    cmd = ["apt-get", *args]
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"`{' '.join(cmd)}` did not finish within {timeout} s")
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        pytest.skip(f"`{' '.join(cmd)}` failed (exit {proc.returncode}): {tail}")
+
+
 def debian_tool(names: tuple[str, ...], package: str) -> str:
     """An executable from Debian package ``package``: the first of ``names`` on PATH, or installed with apt-get
     when running as root; else the test is skipped, saying why."""
@@ -51,16 +67,8 @@ def debian_tool(names: tuple[str, ...], package: str) -> str:
     if os.geteuid() != 0:
         pytest.skip(f"{names[0]} is not on PATH and installing {package} with apt-get needs root (running as uid "
                     f"{os.geteuid()})")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd, timeout in ((["apt-get", "update"], 900),
-                         (["apt-get", "install", "-y", "--no-install-recommends", package], 1800)):
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-        except subprocess.TimeoutExpired:
-            pytest.skip(f"`{' '.join(cmd)}` did not finish within {timeout} s")
-        if proc.returncode != 0:
-            tail = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-            pytest.skip(f"`{' '.join(cmd)}` failed (exit {proc.returncode}): {tail}")
+    _apt_get("update", timeout=900)
+    _apt_get("install", "-y", "--no-install-recommends", package, timeout=1800)
     if not (exe := found()):
         pytest.skip(f"apt-get installed {package} but no {names[0]} executable is on PATH")
     return exe
