@@ -349,18 +349,25 @@ def test_cli_infer_with_brain_bundle(brain_trained, brain_slices, tmp_path):
     proc = run_cmd([str(VENV_BIN / "monai-pipeline"), "infer", "--bundle", "brain", "--images", *images,
                     "--ckpt-dir", str(brain_trained / "models"), "--output-dir", str(tmp_path / "o"),
                     "--set", "image_size=[64,64]", "--set", "num_workers=0"], cwd=tmp_path)
-    assert "2 mask(s) written" in proc.stdout
+    assert "2 mask(s) written" in proc.stdout  # the defaults' context slices stack them: one case, two masks
     assert (tmp_path / "o" / "BRAINPH_005_1_mask.png").is_file()
+    from monai_pipeline.app.api import segment
+
+    result = segment(images, brain_trained / "models", tmp_path / "api", "brain", image_size=[64, 64], num_workers=0)
+    assert [p.name for p in result.masks] == ["BRAINPH_005_1_mask.png", "BRAINPH_005_2_mask.png"]
+    assert result.summary["written"] == 1 and result.summary["mask_files"] == {"written": 2, "done": 0, "failed": 0}
 
 
 def test_torchrun_two_processes_give_the_single_process_slice_masks(brain_trained, brain_slices, tmp_path,
                                                                     monkeypatch):
-    """The brain bundle's multi_gpu_inference.json: two gloo ranks share the slices, same masks as one process."""
+    """The brain bundle's multi_gpu_inference.json: two gloo ranks share the cases (with the defaults' context
+    slices, each patient's slices are one case), same masks as one process."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the same threads per process in both runs
     src = tmp_path / "in"
     src.mkdir()
-    for f in sorted((brain_slices / "BRAINPH_005").glob("BRAINPH_005_[1-4].tif")):
-        shutil.copy(f, src / f.name)
+    for patient in ("BRAINPH_004", "BRAINPH_005"):
+        for f in sorted((brain_slices / patient).glob(f"{patient}_[1-2].tif")):
+            shutil.copy(f, src / f.name)
     sets = ["--set", "image_size=[64,64]", "--set", "num_workers=0"]
     common = ["infer", "--bundle", "brain", "--images", str(src), "--ckpt-dir", str(brain_trained / "models")]
     run_cmd([str(VENV_BIN / "monai-pipeline"), *common, "--output-dir", str(tmp_path / "single"), *sets], cwd=tmp_path)

@@ -650,7 +650,11 @@ def test_overlays_merge(name, workflow, overlay, tmp_path):
     if overlay.startswith("network_segresnet"):
         net = parser.get_parsed_content("network_def").eval()
         assert type(net).__name__ == "SegResNet"
-        x = torch.rand(1, 1, 16, 16, 16) if name == "lung" else torch.rand(1, 1, 32, 32)  # brain: FLAIR alone
+        if name == "lung":
+            x = torch.rand(1, 1, 16, 16, 16)
+        else:  # brain: its channels, each with its context slices (FLAIR of slices n-1, n, n+1 by default)
+            depth = 2 * parser.get_parsed_content("context_slices") + 1
+            x = torch.rand(1, len(parser.get_parsed_content("channels")) * depth, 32, 32)
         with torch.no_grad():
             assert net(x).shape == (1, 2, *x.shape[2:])
     else:

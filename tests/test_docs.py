@@ -115,7 +115,7 @@ def test_readme_dicom_commands_run_as_printed(trained, tmp_path):
 def test_brain_docs_real_patient_commands_run_as_printed(tmp_path):
     """The brain README's "segment a real LGG patient with the shipped model" block, as printed, from a copy of the
     bundle as shipped (its models/model.pt; the channels come from its contract): every slice of the patient gets
-    a mask, and the patient's Dice is the one benchmarks/results/lgg_cvlong_fold0.json recorded for that model."""
+    a mask, and the patient's Dice is the one benchmarks/results/lgg_cv25d_fold0.json recorded for that model."""
     import json
 
     cmds = [c for c in doc_commands(BRAIN_BUNDLE) if REAL_DATA in c]
@@ -133,7 +133,7 @@ def test_brain_docs_real_patient_commands_run_as_printed(tmp_path):
     slices = sorted(p.stem for p in source.glob("*.tif") if not p.stem.endswith("_mask"))
     assert sorted(p.name for p in (cwd / "eval" / patient).glob("*_mask.png")) == sorted(f"{s}_mask.png" for s in slices)
     scores = json.loads((cwd / "eval" / f"{patient}_scores" / "metrics.json").read_text())
-    recorded = json.loads((ROOT / "benchmarks" / "results" / "lgg_cvlong_fold0.json").read_text())
+    recorded = json.loads((ROOT / "benchmarks" / "results" / "lgg_cv25d_fold0.json").read_text())
     assert patient.rsplit("_", 1)[0] in recorded["val_patients"]  # a patient the shipped model never trained on
     assert abs(scores["mean_patient_dice"] - recorded["patient_dice_from_png_masks"][patient]) < 1e-3
 

@@ -236,7 +236,7 @@ def test_brain_contract_records_channels_and_inference_uses_them(tmp_path):
     data = write_brain_slices(tmp_path / "lgg", num_patients=3, seed=4, num_slices=4)
     models = train(data, bundle="brain", epochs=1, val_interval=1, val_fraction=0.34, ckpt_dir=str(tmp_path / "models"),
                    output_dir=str(tmp_path / "train"), channels=[0, 2], image_size=[64, 64], num_workers=0,
-                   num_samples=2)
+                   num_samples=2, context_slices=0)  # each slice alone: the channels are the input (context: below)
     contract = json.loads((models / "model.contract.json").read_text())
     assert contract["settings"]["channels"] == [0, 2] and "channels" in contract["binding"]
     assert contract["settings"]["image_size"] == [64, 64] and contract["settings"]["network_def"]["in_channels"] == 2

@@ -37,10 +37,10 @@ class SegmentationResult:
 
     Attributes:
         masks: the mask of every case that has one now (written by this call or complete from an earlier one),
-            in input order.
-        summary: counts ``written``, ``done`` (skipped: complete mask already there), ``failed``; per-case
-            ``cases`` (in input order: ``case_id``, ``image``, ``status``, ``mask``, ``seconds``, ``error``) and
-            ``failures``.
+            in input order; a patient's slices stacked for a model with context slices give one mask per slice.
+        summary: counts of cases ``written``, ``done`` (skipped: complete mask already there), ``failed``, and
+            of their mask files (``mask_files``: the same keys); per-case ``cases`` (in input order: ``case_id``,
+            ``image``, ``status``, ``mask`` (the first), ``masks`` (all), ``seconds``, ``error``) and ``failures``.
     """
 
     masks: list[Path] = field(default_factory=list)
@@ -106,7 +106,7 @@ def segment(images: str | os.PathLike | Iterable[str | os.PathLike], model_dir: 
     summary = workflow.parser.get_parsed_content("progress").summary
     if summary is None:
         raise RuntimeError("the inference config did not report a summary (is progress.finish() in its run?)")
-    masks = [Path(rec["mask"]) for rec in summary["cases"] if rec["status"] != "failed" and rec["mask"]]
+    masks = [Path(m) for rec in summary["cases"] if rec["status"] != "failed" for m in rec["masks"]]
     return SegmentationResult(masks=masks, summary=summary)
 
 

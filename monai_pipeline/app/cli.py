@@ -113,8 +113,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
     summary = segment(images, ckpt_dir, args.output_dir, args.bundle, args.ext, args.config,
                       distributed=args.distributed, **overrides).summary
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"{summary['written']} mask(s) written to {args.output_dir}, {summary['done']} skipped as already "
-              f"done, {summary['failed']} failed")
+        files = summary["mask_files"]  # a stack of slices (context_slices) is one case with a mask per slice
+        print(f"{files['written']} mask(s) written to {args.output_dir}, {files['done']} skipped as already "
+              f"done, {files['failed']} failed")
         for f in summary["failures"]:
             print(f"failed: {f['error']}", file=sys.stderr)
         if args.id_map:

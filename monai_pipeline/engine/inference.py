@@ -122,7 +122,8 @@ class Pending(list):
     Attributes:
         done: cases whose mask already exists and is complete (``case_id``, ``image``, ``mask``).
         rejected: inputs refused by validation (``case_id``, ``image``, ``mask``, ``error``).
-        masks: mask path of every case of the input, by case ID.
+        masks: mask path of every case of the input, by case ID (a stack of slices: its first slice's).
+        files: every mask path of every case, by case ID (a stack of slices: one per slice, in stack order).
         order: position of every case in the input, by case ID.
 
     Each item carries its mask's path as ``OUTPUT_PATH_KEY``: computed once here, it reaches
@@ -131,12 +132,13 @@ class Pending(list):
 
     def __init__(self, items: Iterable[dict] = (), done: list[dict] | None = None,
                  rejected: list[dict] | None = None, masks: dict[str, str] | None = None,
-                 order: dict[str, int] | None = None) -> None:
+                 order: dict[str, int] | None = None, files: dict[str, list[str]] | None = None) -> None:
         super().__init__(items)
         self.done = done or []
         self.rejected = rejected or []
         self.masks = masks or {}
         self.order = order or {}
+        self.files = files or {}
 
 
 def _scan(entries: list, output_dir: str | os.PathLike, postfix: str, ext: str, overwrite: bool,
@@ -150,7 +152,7 @@ def _scan(entries: list, output_dir: str | os.PathLike, postfix: str, ext: str, 
         # a stack of slices (stack_slices) is done when every slice's mask is
         sources = [str(f) for f in entry] if isinstance(entry, list) and is_slice_file(head) else [head]
         masks = [mask_path(f, output_dir, postfix, ".png" if is_slice_file(f) else ext) for f in sources]
-        rec = {"case_id": cid, "image": entry, "mask": str(masks[0]), "index": index}
+        rec = {"case_id": cid, "image": entry, "mask": str(masks[0]), "masks": [str(m) for m in masks], "index": index}
         problem, mask = ("overwrite" if overwrite else None), masks[0]
         if not overwrite:
             for mask, head in zip(masks, sources):
@@ -234,7 +236,7 @@ def pending(datalist: str | os.PathLike | Iterable, output_dir: str | os.PathLik
     for item, rec in zip(items, good):
         item[OUTPUT_PATH_KEY] = rec["mask"]
     return Pending(items, done=done, rejected=rejected, masks={r["case_id"]: r["mask"] for r in recs},
-                   order={r["case_id"]: r["index"] for r in recs})
+                   order={r["case_id"]: r["index"] for r in recs}, files={r["case_id"]: r["masks"] for r in recs})
 
 
 # ------------------------------------------------------------------------------ running, one by one
@@ -328,12 +330,13 @@ class InferenceProgress:
     def __init__(self, cases: Sequence[dict], failures_file: str | os.PathLike | None = None) -> None:
         masks = getattr(cases, "masks", {})
         order = getattr(cases, "order", {})
+        files = getattr(cases, "files", {})
         self.failures_file = Path(failures_file) if failures_file else None
         self.records: dict[str, dict] = {}
         for status, recs in [("done", getattr(cases, "done", [])), ("failed", getattr(cases, "rejected", [])),
                              ("pending", cases)]:
             for rec in recs:
-                r = {**self._rec(rec, masks, order), "status": status}
+                r = {**self._rec(rec, masks, order, files), "status": status}
                 if "error" in rec:
                     r["error"] = rec["error"]
                 self.records[r["case_id"]] = r
@@ -346,9 +349,11 @@ class InferenceProgress:
         self.summary: dict | None = None  # set by finish()
 
     @staticmethod
-    def _rec(rec: dict, masks: dict, order: dict) -> dict:
+    def _rec(rec: dict, masks: dict, order: dict, files: dict) -> dict:
         cid = rec.get("case_id") or case_id(first(rec["image"]))
-        return {"case_id": cid, "image": first(rec["image"]), "mask": masks.get(cid, rec.get("mask")),
+        mask = masks.get(cid, rec.get("mask"))
+        return {"case_id": cid, "image": first(rec["image"]), "mask": mask,
+                "masks": files.get(cid, rec.get("masks", [mask] if mask else [])),
                 "index": order.get(cid, rec.get("index", 0))}
 
     def attach(self, engine) -> None:
@@ -389,7 +394,8 @@ class InferenceProgress:
         cases = self._cases or ["?"]
         for cid in cases:
             self.count += 1
-            rec = self.records.setdefault(cid, {"case_id": cid, "image": cid, "mask": None, "index": 1 << 30})
+            rec = self.records.setdefault(cid, {"case_id": cid, "image": cid, "mask": None, "masks": [],
+                                                       "index": 1 << 30})
             rec["seconds"] = round(elapsed / len(cases), 2)
             if cid in self._failed:
                 err, image = self._failed[cid], str(rec["image"])
@@ -421,8 +427,9 @@ class InferenceProgress:
             if rec["status"] == "pending":  # never reached (cannot happen unless the run stopped early)
                 rec.update(status="failed", error=f"{rec['image']}: not segmented (the run ended before it)")
         count = {s: sum(r["status"] == s for r in cases) for s in ("written", "done", "failed")}
+        files = {s: sum(len(r["masks"]) for r in cases if r["status"] == s) for s in count}  # a stack: one per slice
         failures = [{k: r.get(k) for k in ("case_id", "image", "error")} for r in cases if r["status"] == "failed"]
-        summary = {**count, "cases": [{k: v for k, v in r.items() if k != "index"} for r in cases],
+        summary = {**count, "mask_files": files, "cases": [{k: v for k, v in r.items() if k != "index"} for r in cases],
                    "failures": failures}
         if rank == 0:
             logger.info("inference summary: %d written, %d skipped as done, %d failed", count["written"],
