@@ -122,8 +122,9 @@ class Pending(list):
     Attributes:
         done: cases whose mask already exists and is complete (``case_id``, ``image``, ``mask``).
         rejected: inputs refused by validation (``case_id``, ``image``, ``mask``, ``error``).
-        masks: mask path of every case of the input, by case ID (a stack of slices: its first slice's).
-        files: every mask path of every case, by case ID (a stack of slices: one per slice, in stack order).
+        files: every mask path of every case of the input, by case ID (a stack of slices: one per slice, in
+            stack order).
+        masks: the first of each case's ``files``, by case ID (its one mask, unless a stack of slices).
         order: position of every case in the input, by case ID.
 
     Each item carries its mask's path as ``OUTPUT_PATH_KEY``: computed once here, it reaches
@@ -131,14 +132,17 @@ class Pending(list):
     """
 
     def __init__(self, items: Iterable[dict] = (), done: list[dict] | None = None,
-                 rejected: list[dict] | None = None, masks: dict[str, str] | None = None,
-                 order: dict[str, int] | None = None, files: dict[str, list[str]] | None = None) -> None:
+                 rejected: list[dict] | None = None, files: dict[str, list[str]] | None = None,
+                 order: dict[str, int] | None = None) -> None:
         super().__init__(items)
         self.done = done or []
         self.rejected = rejected or []
-        self.masks = masks or {}
-        self.order = order or {}
         self.files = files or {}
+        self.order = order or {}
+
+    @property
+    def masks(self) -> dict[str, str]:
+        return {cid: paths[0] for cid, paths in self.files.items() if paths}
 
 
 def _scan(entries: list, output_dir: str | os.PathLike, postfix: str, ext: str, overwrite: bool,
@@ -235,8 +239,8 @@ def pending(datalist: str | os.PathLike | Iterable, output_dir: str | os.PathLik
     recs = done + todo
     for item, rec in zip(items, good):
         item[OUTPUT_PATH_KEY] = rec["mask"]
-    return Pending(items, done=done, rejected=rejected, masks={r["case_id"]: r["mask"] for r in recs},
-                   order={r["case_id"]: r["index"] for r in recs}, files={r["case_id"]: r["masks"] for r in recs})
+    return Pending(items, done=done, rejected=rejected, files={r["case_id"]: r["masks"] for r in recs},
+                   order={r["case_id"]: r["index"] for r in recs})
 
 
 # ------------------------------------------------------------------------------ running, one by one
