@@ -332,7 +332,6 @@ class InferenceProgress:
     """
 
     def __init__(self, cases: Sequence[dict], failures_file: str | os.PathLike | None = None) -> None:
-        masks = getattr(cases, "masks", {})
         order = getattr(cases, "order", {})
         files = getattr(cases, "files", {})
         self.failures_file = Path(failures_file) if failures_file else None
@@ -340,7 +339,7 @@ class InferenceProgress:
         for status, recs in [("done", getattr(cases, "done", [])), ("failed", getattr(cases, "rejected", [])),
                              ("pending", cases)]:
             for rec in recs:
-                r = {**self._rec(rec, masks, order, files), "status": status}
+                r = {**self._rec(rec, order, files), "status": status}
                 if "error" in rec:
                     r["error"] = rec["error"]
                 self.records[r["case_id"]] = r
@@ -353,11 +352,10 @@ class InferenceProgress:
         self.summary: dict | None = None  # set by finish()
 
     @staticmethod
-    def _rec(rec: dict, masks: dict, order: dict, files: dict) -> dict:
+    def _rec(rec: dict, order: dict, files: dict) -> dict:
         cid = rec.get("case_id") or case_id(first(rec["image"]))
-        mask = masks.get(cid, rec.get("mask"))
-        return {"case_id": cid, "image": first(rec["image"]), "mask": mask,
-                "masks": files.get(cid, rec.get("masks", [mask] if mask else [])),
+        paths = files.get(cid, rec.get("masks", []))
+        return {"case_id": cid, "image": first(rec["image"]), "mask": paths[0] if paths else None, "masks": paths,
                 "index": order.get(cid, rec.get("index", 0))}
 
     def attach(self, engine) -> None:
