@@ -136,6 +136,10 @@ def test_brain_docs_real_patient_commands_run_as_printed(tmp_path):
     recorded = json.loads((ROOT / "benchmarks" / "results" / "lgg_cv25d_fold0.json").read_text())
     assert patient.rsplit("_", 1)[0] in recorded["val_patients"]  # a patient the shipped model never trained on
     assert abs(scores["mean_patient_dice"] - recorded["patient_dice_from_png_masks"][patient]) < 1e-3
+    quoted = re.search(r"per-patient Dice against its masks \((0\.\d+), as in `benchmarks/results/([\w.]+)`\)",
+                       (BRAIN_BUNDLE / "docs" / "README.md").read_text())
+    assert quoted and quoted.group(2) == "lgg_cv25d_fold0.json", "the docs must quote the shipped model's result file"
+    assert float(quoted.group(1)) == round(recorded["patient_dice_from_png_masks"][patient], 3)
 
 
 ZOO_SECTIONS = ["Overview", "Data", "Training configuration", "Performance", "System requirements", "Commands",
