@@ -306,7 +306,7 @@ def cv_summary(results: Path, num_folds: int, name: str = "cv") -> int:
         "per_fold": {k: {"mean": round(f["mean_patient_dice"], 4), "n": f["n_val_patients"], "epochs": f["epochs"],
                          "git_rev": f["git_rev"], "command": f["command"]} for k, f in folds.items()},
         "per_patient": rows,
-        "command": "python scripts/benchmark_lgg.py --cv-summary",
+        "command": "python scripts/benchmark_lgg.py --cv-summary" + (f" --cv-name {name}" if name != "cv" else ""),
     }
     levers = {k: json.loads((results / f"lgg_{name}_levers_fold{k}.json").read_text()) for k in folds
               if (results / f"lgg_{name}_levers_fold{k}.json").is_file()}

@@ -273,6 +273,7 @@ def _check_lgg_cv(name: str) -> None:
         scored += r["val_patients"]
     assert len(scored) == len(set(scored))
     summary = json.loads((results / f"lgg_{name}_summary.json").read_text())
+    assert summary["command"].endswith("--cv-summary" if name == "cv" else f"--cv-summary --cv-name {name}")
     assert summary["folds_done"] == sorted(json.loads(f.read_text())["cv"]["fold"] for f in folds)
     pooled = [p["dice"] for p in summary["per_patient"]]
     assert len(pooled) == len(scored) and abs(statistics.fmean(pooled) - summary["mean_patient_dice"]) < 1e-3
