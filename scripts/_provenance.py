@@ -50,9 +50,15 @@ def cpu_tag() -> str:
     return "amx" if "amx_bf16" in isa else "avx512bf16" if "avx512_bf16" in isa else "nobf16"
 
 
+def command_line(script: str, argv: list[str]) -> str:
+    """The command that makes a result, as a shell runs it: ``python scripts/<script> <argv, quoted>``."""
+    import shlex
+
+    return " ".join(["python", f"scripts/{script}"] + [shlex.quote(a) for a in argv])
+
+
 def machine_provenance(script: str, argv: list[str]) -> dict:
     """Where and how a result was made: the exact command, device, CPU, torch threads, git revision, date."""
-    import shlex
     import time
 
     import torch
@@ -61,7 +67,7 @@ def machine_provenance(script: str, argv: list[str]) -> dict:
     from monai_pipeline.engine.runtime import default_device
 
     return {
-        "command": " ".join(["python", f"scripts/{script}"] + [shlex.quote(a) for a in argv]),
+        "command": command_line(script, argv),
         "device": str(default_device()),
         "cpu_model": cpu_model(),
         # the same model name can hide different instruction sets (a cloud "AMD EPYC" with or without

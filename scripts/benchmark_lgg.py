@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from _provenance import run_record, training_session  # noqa: E402
+from _provenance import command_line, run_record, training_session  # noqa: E402
 
 from monai_pipeline.app.bundles import parse_overrides, run_bundle  # noqa: E402
 from monai_pipeline.data.datasets import brain_datalist  # noqa: E402
@@ -260,7 +260,7 @@ def nested_summary(results: Path, num_folds: int, names: list[str]) -> int:
         "no_levers": _pooled([r["dice"] for r in rows["baseline"]]),
         "with_levers": _pooled([r["dice"] for r in rows["levers"]]),
         "per_fold": folds, "per_patient": rows,
-        "command": "python scripts/benchmark_lgg.py --nested " + ",".join(names),
+        "command": command_line("benchmark_lgg.py", ["--nested", ",".join(names)]),
     }
     atomic_write_text(results / nested_file(names), json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "per_patient"}, indent=2))
@@ -306,7 +306,7 @@ def cv_summary(results: Path, num_folds: int, name: str = "cv") -> int:
         "per_fold": {k: {"mean": round(f["mean_patient_dice"], 4), "n": f["n_val_patients"], "epochs": f["epochs"],
                          "git_rev": f["git_rev"], "command": f["command"]} for k, f in folds.items()},
         "per_patient": rows,
-        "command": "python scripts/benchmark_lgg.py --cv-summary" + (f" --cv-name {name}" if name != "cv" else ""),
+        "command": command_line("benchmark_lgg.py", ["--cv-summary"] + (["--cv-name", name] if name != "cv" else [])),
     }
     levers = {k: json.loads((results / f"lgg_{name}_levers_fold{k}.json").read_text()) for k in folds
               if (results / f"lgg_{name}_levers_fold{k}.json").is_file()}
