@@ -187,6 +187,29 @@ def test_normalisation_is_per_slice_and_channel():
     torch.testing.assert_close(alone, out[..., 1])
 
 
+def test_volume_normalisation_pools_the_slices_of_each_channel():
+    """zscore_volume: one mean and std per channel over the head pixels of every slice, so a brighter slice stays
+    brighter; slices with too little head stay 0; a lone slice is z-scored on its own."""
+    from monai_pipeline.transforms import BrainNormalized
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.zeros(2, 32, 32, 4)
+    x[:, 8:24, 8:24, :3] = torch.rand(2, 16, 16, 3, generator=g) + torch.tensor([1.0, 2.0, 4.0]) * torch.tensor(
+        [1.0, 50.0]).reshape(2, 1, 1, 1)
+    x[:, 0, 0, 3] = 7.0  # slice 3: one head pixel, below min_pixels
+    out = BrainNormalized("image", mode="zscore_volume")({"image": x})["image"]
+    fg = out[:, 8:24, 8:24, :3]
+    torch.testing.assert_close(fg.mean(dim=(1, 2, 3)), torch.zeros(2), atol=1e-4, rtol=0)
+    torch.testing.assert_close(fg.std(dim=(1, 2, 3), unbiased=False), torch.ones(2), atol=1e-4, rtol=0)
+    means = fg.mean(dim=(1, 2))                                 # (channel, slice): the slices keep their order
+    assert bool((means[:, 0] < means[:, 1]).all() and (means[:, 1] < means[:, 2]).all())
+    assert float(out[..., 3].abs().max()) == 0.0 and float(out[:, :8].abs().max()) == 0.0
+    alone = BrainNormalized("image", mode="zscore_volume")({"image": x[..., 1]})["image"]
+    torch.testing.assert_close(alone, BrainNormalized("image")({"image": x[..., 1]})["image"])
+    with pytest.raises(ValueError, match="zscore_volume"):
+        BrainNormalized("image", mode="volume")
+
+
 
 def test_slice_context_stacks_neighbours_as_channel_blocks():
     """SliceContextd: block j of slice n is slice n + j - k, the nearest slice standing in at the stack's ends;

@@ -84,16 +84,18 @@ class BrainNormalized(MapTransform):
 
     Args:
         keys: image keys.
-        mode: ``"zscore"``: (x - mean) / std over the foreground, background set to 0; ``"scale"``: the
-            foreground's 0.5-99.5 percentile range mapped to [0, 1], clipped.
+        mode: ``"zscore"``: (x - mean) / std over the slice's foreground, background set to 0; ``"scale"``: the
+            foreground's 0.5-99.5 percentile range mapped to [0, 1], clipped; ``"zscore_volume"``: as ``"zscore"``
+            with one mean and std per channel over the foreground of all N slices (keeps the contrast between
+            slices; a lone slice is its own volume, so the same slice alone and in its stack differ).
         min_pixels: slices with fewer foreground pixels are set to 0 (nothing to normalise).
     """
 
     def __init__(self, keys: KeysCollection = "image", mode: str = "zscore", min_pixels: int = 16,
                  allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        if mode not in ("zscore", "scale"):
-            raise ValueError(f"mode must be 'zscore' or 'scale', got {mode!r}")
+        if mode not in ("zscore", "scale", "zscore_volume"):
+            raise ValueError(f"mode must be 'zscore', 'scale' or 'zscore_volume', got {mode!r}")
         self.mode, self.min_pixels = mode, int(min_pixels)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,10 +107,12 @@ class BrainNormalized(MapTransform):
         fg = flat > lo + 1e-6
         count = fg.sum(dim=1, keepdim=True)
         ok = count >= self.min_pixels
-        if self.mode == "zscore":
-            cnt = count.clamp(min=1)
-            mean = (flat * fg).sum(dim=1, keepdim=True) / cnt
-            var = (((flat - mean) * fg) ** 2).sum(dim=1, keepdim=True) / cnt
+        if self.mode in ("zscore", "zscore_volume"):
+            dims = (1, 2) if self.mode == "zscore_volume" else (1,)    # pool the slices, or each on its own
+            sel = fg & ok
+            cnt = sel.sum(dim=dims, keepdim=True).clamp(min=1)
+            mean = (flat * sel).sum(dim=dims, keepdim=True) / cnt
+            var = (((flat - mean) * sel) ** 2).sum(dim=dims, keepdim=True) / cnt
             out = torch.where(fg & ok, (flat - mean) / var.sqrt().clamp(min=1e-6), torch.zeros_like(flat))
         else:
             masked = torch.where(fg, flat, torch.full_like(flat, float("nan")))
