@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from _provenance import cpu_isa, cpu_model, cpu_tag, git_rev  # noqa: E402
+from _provenance import command_line, cpu_isa, cpu_model, cpu_tag, git_rev  # noqa: E402
 
 CASE = ROOT.parent / "shared" / "data" / "nsclc_radiomics" / "LUNG1-001"
 BUNDLE = ROOT / "bundles" / "lung_ct_tumor_segmentation"
@@ -172,7 +172,7 @@ def main() -> int:
     models = _random_model(work / "models")
     result = {
         "case": "NSCLC-Radiomics LUNG1-001 (134 CT slices 512x512, 0.977 x 0.977 x 3 mm; RTSTRUCT)",
-        "command": "python scripts/benchmark_nsclc.py " + " ".join(sys.argv[1:]),
+        "command": command_line("benchmark_nsclc.py", sys.argv[1:]),
         "git_rev": git_rev(), "device": "cpu", "cpu": cpu_model(), "cpu_isa": cpu_isa(),
         "threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
         "weights": "random initialisation of the bundle's network (speed only; no whole-CT tumour model exists here)",
