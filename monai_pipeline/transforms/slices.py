@@ -79,8 +79,9 @@ class LoadBrainImaged(MapTransform):
 class BrainNormalized(MapTransform):
     """Normalise each channel of each axial slice over its head/brain pixels (those above the slice minimum).
 
-    Works on ``(C, W, H)`` slices and on ``(C, W, H, N)`` stacks (each of the N slices on its own, so a slice
-    is normalised the same way whether it comes alone, in a patient's stack or out of a volume).
+    Works on ``(C, W, H)`` slices and on ``(C, W, H, N)`` stacks. ``"zscore"`` and ``"scale"`` take each of the
+    N slices on its own, so a slice is normalised the same way whether it comes alone, in a patient's stack or
+    out of a volume; ``"zscore_volume"`` pools the stack's slices (its statistics are the patient's).
 
     Args:
         keys: image keys.
