@@ -107,19 +107,18 @@ class BrainNormalized(MapTransform):
         lo = flat.amin(dim=1, keepdim=True)
         fg = flat > lo + 1e-6
         count = fg.sum(dim=1, keepdim=True)
-        ok = count >= self.min_pixels
+        sel = fg & (count >= self.min_pixels)                          # head pixels of slices with enough head
         if self.mode in ("zscore", "zscore_volume"):
             dims = (1, 2) if self.mode == "zscore_volume" else (1,)    # pool the slices, or each on its own
-            sel = fg & ok
             cnt = sel.sum(dim=dims, keepdim=True).clamp(min=1)
             mean = (flat * sel).sum(dim=dims, keepdim=True) / cnt
             var = (((flat - mean) * sel) ** 2).sum(dim=dims, keepdim=True) / cnt
-            out = torch.where(fg & ok, (flat - mean) / var.sqrt().clamp(min=1e-6), torch.zeros_like(flat))
+            out = torch.where(sel, (flat - mean) / var.sqrt().clamp(min=1e-6), torch.zeros_like(flat))
         else:
             masked = torch.where(fg, flat, torch.full_like(flat, float("nan")))
             q = torch.nanquantile(masked.transpose(1, 2).reshape(-1, w * h), torch.tensor([0.005, 0.995]), dim=1)
             q_lo, q_hi = (t.reshape(c, n).unsqueeze(1) for t in q)
-            out = torch.where(fg & ok, ((flat - q_lo) / (q_hi - q_lo).clamp(min=1e-6)).clamp(0, 1),
+            out = torch.where(sel, ((flat - q_lo) / (q_hi - q_lo).clamp(min=1e-6)).clamp(0, 1),
                               torch.zeros_like(flat))
         out = out.reshape(c, w, h, n)
         return out.squeeze(-1) if squeeze else out
