@@ -187,9 +187,11 @@ def test_normalisation_is_per_slice_and_channel():
     torch.testing.assert_close(alone, out[..., 1])
 
 
-def test_volume_normalisation_pools_the_slices_of_each_channel():
+def test_volume_normalisation_pools_the_slices_of_each_channel(caplog):
     """zscore_volume: one mean and std per channel over the head pixels of every slice, so a brighter slice stays
-    brighter; slices with too little head stay 0; a lone slice is z-scored on its own."""
+    brighter; slices with too little head stay 0; a lone slice is z-scored on its own, with a warning naming it."""
+    from monai.data import MetaTensor
+
     from monai_pipeline.transforms import BrainNormalized
 
     g = torch.Generator().manual_seed(1)
@@ -204,8 +206,11 @@ def test_volume_normalisation_pools_the_slices_of_each_channel():
     means = fg.mean(dim=(1, 2))                                 # (channel, slice): the slices keep their order
     assert bool((means[:, 0] < means[:, 1]).all() and (means[:, 1] < means[:, 2]).all())
     assert float(out[..., 3].abs().max()) == 0.0 and float(out[:, :8].abs().max()) == 0.0
-    alone = BrainNormalized("image", mode="zscore_volume")({"image": x[..., 1]})["image"]
-    torch.testing.assert_close(alone, BrainNormalized("image")({"image": x[..., 1]})["image"])
+    assert "its own volume" not in caplog.text                 # a stack: no warning
+    lone = MetaTensor(x[..., 1], meta={"filename_or_obj": "TCGA_XX_0000_1.tif"})
+    alone = BrainNormalized("image", mode="zscore_volume")({"image": lone})["image"]
+    torch.testing.assert_close(alone.as_tensor(), BrainNormalized("image")({"image": x[..., 1]})["image"])
+    assert "TCGA_XX_0000_1.tif: one slice normalised as its own volume" in caplog.text
     with pytest.raises(ValueError, match="zscore_volume"):
         BrainNormalized("image", mode="volume")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Mapping, Sequence
 
@@ -23,6 +24,8 @@ __all__ = ["LoadBrainImaged", "BrainNormalized", "BrainSlicesd", "RandCopyChanne
 # posterior, as radiological slices are displayed. A volume oriented to "LPS" lines up with them, so one
 # 2D network serves slice folders and 3D volumes cut into axial slices.
 SLICE_STACK_AFFINE = LPS_TO_RAS  # identity in LPS: voxel (i, j, k) = (L, P, S) in mm
+
+logger = logging.getLogger(__name__)
 
 
 class LoadBrainImaged(MapTransform):
@@ -127,6 +130,11 @@ class BrainNormalized(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
+            if self.mode == "zscore_volume" and (img.ndim == 3 or img.shape[-1] == 1):
+                name = img.meta.get("filename_or_obj", key) if isinstance(img, MetaTensor) else key
+                logger.warning("%s: one slice normalised as its own volume (zscore_volume); a model trained on "
+                               "whole stacks sees other numbers than it learnt from: give the patient's slices "
+                               "together (a folder or a volume)", name)
             out = self._normalise(torch.as_tensor(img))
             if isinstance(img, MetaTensor):
                 out = MetaTensor(out, meta=img.meta, applied_operations=img.applied_operations)
