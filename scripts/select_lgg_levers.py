@@ -15,6 +15,13 @@ variant. The choice is the fold's own: each fold may choose differently, as a ne
     .venv/bin/python scripts/select_lgg_levers.py --fold 0
     .venv/bin/python scripts/benchmark_lgg.py --cv-summary     # pools the lever results too
 
+``--model-dir`` given more than once scores the models' ensemble (``--cv-name`` then names the ensemble): each
+variant thresholds the mean of the models' foreground probabilities, each model with its own preprocessing (its
+contract's), on the slices' own grid; the cost per patient is the sum of the models'.
+
+    .venv/bin/python scripts/select_lgg_levers.py --fold 0 --cv-name cvens \
+        --model-dir runs/lgg_cv25d/fold0/models --model-dir runs/lgg_cvvol/fold0/models
+
 Writes ``benchmarks/results/lgg_<cv-name>_levers_fold<K>.json`` (``--cv-name`` as benchmark_lgg.py's, default ``cv``).
 """
 
@@ -48,14 +55,18 @@ COMPONENTS = ("all", "largest")  # largest: 26-connected, over the stacked slice
 BASELINE = ("none", 0.5, "all")
 
 
-def probabilities(model: CropSegmenter, item: dict, flips: list) -> np.ndarray:
-    """Foreground probability ``(H, W, S)`` of one patient's stacked slices on the slices' own grid."""
+def probabilities(models: list[CropSegmenter], item: dict, flips: list) -> np.ndarray:
+    """Foreground probability ``(H, W, S)`` of one patient's stacked slices on the slices' own grid: the mean over
+    ``models`` (one model: its own), each through its own preprocessing and back."""
     from monai.transforms import Invertd
 
-    d = model.predict(item["image"], flips)
-    d["pred"] = d["pred"].softmax(dim=0)
-    d = Invertd("pred", transform=model.preprocessing, orig_keys="image", nearest_interp=False)(d)
-    return np.asarray(d["pred"][1], dtype=np.float32)
+    probs = []
+    for model in models:
+        d = model.predict(item["image"], flips)
+        d["pred"] = d["pred"].softmax(dim=0)
+        d = Invertd("pred", transform=model.preprocessing, orig_keys="image", nearest_interp=False)(d)
+        probs.append(np.asarray(d["pred"][1], dtype=np.float32))
+    return probs[0] if len(probs) == 1 else np.mean(probs, axis=0)
 
 
 def keep_components(mask: np.ndarray, rule: str) -> np.ndarray:
@@ -71,15 +82,16 @@ def reference(item: dict) -> np.ndarray:
     return np.asarray(LoadBrainImaged("label", label=True)({"label": item["label"]})["label"][0]) > 0
 
 
-def score(model: CropSegmenter, items: list[dict], ttas: list[str]) -> tuple[dict, dict]:
-    """Per-patient Dice of every variant ``(tta, threshold, components)``, and seconds per patient per TTA."""
+def score(models: list[CropSegmenter], items: list[dict], ttas: list[str]) -> tuple[dict, dict]:
+    """Per-patient Dice of every variant ``(tta, threshold, components)`` of the models' (mean) probability, and
+    seconds per patient per TTA."""
     per: dict = {v: [] for v in itertools.product(ttas, THRESHOLDS, COMPONENTS)}
     seconds = {t: 0.0 for t in ttas}
     for item in items:
         ref = reference(item)
         for t in ttas:
             t0 = time.perf_counter()
-            prob = probabilities(model, item, TTA[t])
+            prob = probabilities(models, item, TTA[t])
             seconds[t] += time.perf_counter() - t0
             for th, comp in itertools.product(THRESHOLDS, COMPONENTS):
                 per[(t, th, comp)].append(dice(keep_components(prob > th, comp), ref))
@@ -107,7 +119,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "lgg_kaggle_3m"))
     ap.add_argument("--cv-name", default="cv", help="benchmark_lgg.py --cv-name of the fold (default cv)")
-    ap.add_argument("--model-dir", default=None, help="default runs/lgg_<cv-name>/fold<K>/models")
+    ap.add_argument("--model-dir", action="append", default=None,
+                    help="the fold's model folder (default runs/lgg_<cv-name>/fold<K>/models); more than once: "
+                         "their ensemble")
     ap.add_argument("--max-cases", type=int, default=None, help="quick check on a subset of patients")
     ap.add_argument("--fold-result", default=None,
                     help="the fold's benchmark_lgg.py result the baseline must reproduce (default "
@@ -115,7 +129,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     fold_result = Path(args.fold_result) if args.fold_result else RESULTS / f"lgg_{args.cv_name}_fold{args.fold}.json"
-    model_dir = Path(args.model_dir or ROOT / "runs" / f"lgg_{args.cv_name}" / f"fold{args.fold}" / "models")
+    own = ROOT / "runs" / f"lgg_{args.cv_name}" / f"fold{args.fold}" / "models"
+    model_dirs = [Path(d) for d in args.model_dir or [own]]
     out = Path(args.out) if args.out else RESULTS / f"lgg_{args.cv_name}_levers_fold{args.fold}.json"
     if not Path(args.data).is_dir():
         print(f"error: {args.data} not found: point --data at the lgg_kaggle_3m folder", file=sys.stderr)
@@ -123,14 +138,14 @@ def main(argv=None) -> int:
     split = {**CV_SPLIT, "fold": args.fold, "num_folds": args.num_folds}
     sel, test = (brain_datalist(args.data, s, seed=args.seed, max_cases=args.max_cases, validate=False, **split)
                  for s in ("val", "test"))
-    model = CropSegmenter("brain", model_dir)
+    models = [CropSegmenter("brain", d) for d in model_dirs]
 
-    per, cost = score(model, sel, list(TTA))
+    per, cost = score(models, sel, list(TTA))
     means = {v: statistics.fmean(d) for v, d in per.items()}
     chosen = choose(means)
     print(f"fold {args.fold} selection ({len(sel)} patients): baseline {means[BASELINE]:.4f}; "
           f"chosen {_name(chosen)} {means[chosen]:.4f}")
-    tper, tcost = score(model, test, sorted({BASELINE[0], chosen[0]}, key=list(TTA).index))
+    tper, tcost = score(models, test, sorted({BASELINE[0], chosen[0]}, key=list(TTA).index))
     base, best = tper[BASELINE], tper[chosen]
     recorded = json.loads(fold_result.read_text()) if fold_result.is_file() else None
     if recorded:  # the baseline is what the bundle's evaluate measured for the committed fold result
@@ -138,11 +153,11 @@ def main(argv=None) -> int:
         for it, a in zip(test, base):
             if abs(was[it["case_id"]] - a) > 0.002:
                 raise RuntimeError(f"{it['case_id']}: baseline Dice {a:.4f} here but {was[it['case_id']]:.4f} in "
-                                   f"{fold_result.name}: is {model_dir} the model that result measured?")
+                                   f"{fold_result.name}: is {model_dirs} the model that result measured?")
     result = {
         "dataset": "LGG brain MRI (kaggle_3m), patient-level cross-validation fold "
                    f"{args.fold} of {args.num_folds} (seed {args.seed}), per-patient Dice (all slices stacked)",
-        "model_dir": str(model_dir),
+        "model_dir": str(model_dirs[0]) if len(model_dirs) == 1 else [str(d) for d in model_dirs],
         "protocol": "every variant scored on the fold's selection patients (a tenth of the training folds; they "
                     "chose the checkpoint); the best mean chosen there (a costlier TTA, a post-processing step or a "
                     "threshold further from 0.5 must win by > 0.002); the fold's held-out patients scored only "

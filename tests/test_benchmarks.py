@@ -330,6 +330,33 @@ def test_committed_lgg_nested_summary_picks_each_folds_recipe_on_its_selection_p
         assert got == expected and abs(statistics.fmean(got) - summary[key]["mean_patient_dice"]) < 1e-3
 
 
+def test_lgg_lever_ensemble_averages_each_models_probability_on_the_slices_grid():
+    """``select_lgg_levers.py --model-dir A --model-dir B``: the ensemble's probability is the mean of the models'
+    on the slices' own grid. A second model whose logits are the first's negated has probability 1 - p, so the
+    pair averages to 0.5 everywhere, and one model alone gives its own probability."""
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from select_lgg_levers import probabilities
+
+    from monai_pipeline.app.delineate import CropSegmenter
+
+    patient = shared("lgg_kaggle_3m", "TCGA_HT_7874_19950902")
+    slices = [str(patient / f"TCGA_HT_7874_19950902_{i}.tif") for i in (11, 12, 13)]
+    model = CropSegmenter("brain")
+    class Negate(torch.nn.Module):
+        def forward(self, x):
+            return -x
+
+    negated = CropSegmenter("brain")
+    negated.network = torch.nn.Sequential(negated.network, Negate()).eval()
+    one = probabilities([model], {"image": slices}, [])
+    assert one.shape == (256, 256, 3) and 0.0 <= one.min() and one.max() <= 1.0 and (one > 0.5).any()
+    np.testing.assert_allclose(probabilities([model, model], {"image": slices}, []), one, atol=1e-6)
+    np.testing.assert_allclose(probabilities([model, negated], {"image": slices}, []), 0.5, atol=1e-5)
+
+
 def test_lgg_all_folds_runs_the_missing_folds_then_their_levers_then_the_summary(tmp_path, monkeypatch):
     """``benchmark_lgg.py --all-folds``: a fold with a result is skipped, the others run with ``--fold K`` (each
     resumes on its own), each fold's levers are selected once, and the summary pools what is there."""
