@@ -153,7 +153,8 @@ def main(argv=None) -> int:
         for it, a in zip(test, base):
             if abs(was[it["case_id"]] - a) > 0.002:
                 raise RuntimeError(f"{it['case_id']}: baseline Dice {a:.4f} here but {was[it['case_id']]:.4f} in "
-                                   f"{fold_result.name}: is {model_dirs} the model that result measured?")
+                                   f"{fold_result.name}: is {' + '.join(map(str, model_dirs))} the model that result "
+                                   "measured?")
     result = {
         "dataset": "LGG brain MRI (kaggle_3m), patient-level cross-validation fold "
                    f"{args.fold} of {args.num_folds} (seed {args.seed}), per-patient Dice (all slices stacked)",
