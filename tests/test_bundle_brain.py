@@ -282,6 +282,29 @@ def test_flair_copies_replace_other_channels_at_the_rate_asked():
 
 
 
+def test_contrast_augmentation_is_off_by_default_and_follows_its_settings():
+    """``contrast_prob`` > 0 adds a random gamma (``contrast_gamma``, on the image's own range) to the training
+    augmentation; at 0, the default, the chain is the one earlier models trained with (no extra random draw)."""
+    import torch
+    from monai.transforms import RandAdjustContrastd
+
+    from monai_pipeline.app.bundles import resolve
+
+    def contrast(**kw):
+        (chain,) = resolve("brain", "train", ["train#random_transforms"], **kw)
+        return [c for c in chain if isinstance(c, RandAdjustContrastd)]
+
+    assert contrast() == []
+    (t,) = contrast(contrast_prob=0.3, contrast_gamma=[0.5, 0.6])
+    assert t.prob == 0.3 and t.adjuster.gamma == (0.5, 0.6)
+    t.set_random_state(0)
+    t.prob = 1.0
+    x = torch.linspace(-2.0, 3.0, 60).reshape(3, 4, 5)
+    y = t({"image": x})["image"]
+    assert y.min() == x.min() and abs(float(y.max() - x.max())) < 1e-5  # the range stays
+    assert (y[(x > x.min()) & (x < x.max())] > x[(x > x.min()) & (x < x.max())]).all()  # gamma < 1 brightens
+
+
 def test_train_precision_reaches_the_trainers_inferer_only():
     """``train_precision`` wraps the trainer's forward pass (default auto: bf16 where native, the shipped model's recipe);
     validation and inference keep their own inferer."""
