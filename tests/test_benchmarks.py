@@ -344,11 +344,11 @@ def test_lgg_lever_ensemble_averages_each_models_probability_on_the_slices_grid(
 
     patient = shared("lgg_kaggle_3m", "TCGA_HT_7874_19950902")
     slices = [str(patient / f"TCGA_HT_7874_19950902_{i}.tif") for i in (11, 12, 13)]
-    model = CropSegmenter("brain")
     class Negate(torch.nn.Module):
         def forward(self, x):
             return -x
 
+    model = CropSegmenter("brain")
     negated = CropSegmenter("brain")
     negated.network = torch.nn.Sequential(negated.network, Negate()).eval()
     one = probabilities([model], {"image": slices}, [])
