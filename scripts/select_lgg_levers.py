@@ -66,7 +66,7 @@ def probabilities(models: list[CropSegmenter], item: dict, flips: list) -> np.nd
         d["pred"] = d["pred"].softmax(dim=0)
         d = Invertd("pred", transform=model.preprocessing, orig_keys="image", nearest_interp=False)(d)
         probs.append(np.asarray(d["pred"][1], dtype=np.float32))
-    return probs[0] if len(probs) == 1 else np.mean(probs, axis=0)
+    return np.mean(probs, axis=0)  # one model: its own probability, exactly (x / 1)
 
 
 def keep_components(mask: np.ndarray, rule: str) -> np.ndarray:

@@ -254,13 +254,21 @@ def test_flair_copies_follow_the_channel_blocks_of_slice_context():
     with pytest.raises(ValueError, match="blocks of 4"):
         RandCopyChanneld("image", source=1, block=4)({"image": x})
 
+
+def _train_augmentations(kind: type, **overrides) -> list:
+    """The brain bundle's training augmentations of class ``kind`` with ``overrides`` (disabled ones left out)."""
+    from monai_pipeline.app.bundles import resolve
+
+    (chain,) = resolve("brain", "train", ["train#random_transforms"], **overrides)
+    return [c for c in chain if isinstance(c, kind)]
+
+
 def test_flair_copies_replace_other_channels_at_the_rate_asked():
     """RandCopyChanneld: each non-FLAIR channel becomes a FLAIR copy with probability ``prob``, independently;
     FLAIR and the meta data stay; the train config enables it only with ``flair_copy_prob`` > 0 and several
     channels."""
     from monai.data import MetaTensor
 
-    from monai_pipeline.app.bundles import resolve
     from monai_pipeline.transforms import RandCopyChanneld
 
     t = RandCopyChanneld("image", source=1, prob=0.25)
@@ -274,12 +282,10 @@ def test_flair_copies_replace_other_channels_at_the_rate_asked():
         RandCopyChanneld("image", source=3)({"image": x})
 
     def enabled(**kw):
-        (chain,) = resolve("brain", "train", ["train#random_transforms"], **kw)
-        return [c.channel_prob for c in chain if isinstance(c, RandCopyChanneld)]
+        return [c.channel_prob for c in _train_augmentations(RandCopyChanneld, **kw)]
 
     assert enabled() == [] and enabled(flair_copy_prob=0.2) == []  # the default: FLAIR alone, nothing to copy
     assert enabled(flair_copy_prob=0.2, channels=[0, 1, 2]) == [0.2] and enabled(channels=[0, 1, 2]) == []
-
 
 
 def test_contrast_augmentation_is_off_by_default_and_follows_its_settings():
@@ -288,14 +294,8 @@ def test_contrast_augmentation_is_off_by_default_and_follows_its_settings():
     import torch
     from monai.transforms import RandAdjustContrastd
 
-    from monai_pipeline.app.bundles import resolve
-
-    def contrast(**kw):
-        (chain,) = resolve("brain", "train", ["train#random_transforms"], **kw)
-        return [c for c in chain if isinstance(c, RandAdjustContrastd)]
-
-    assert contrast() == []
-    (t,) = contrast(contrast_prob=0.3, contrast_gamma=[0.5, 0.6])
+    assert _train_augmentations(RandAdjustContrastd) == []
+    (t,) = _train_augmentations(RandAdjustContrastd, contrast_prob=0.3, contrast_gamma=[0.5, 0.6])
     assert t.prob == 0.3 and t.adjuster.gamma == (0.5, 0.6)
     t.set_random_state(0)
     t.prob = 1.0
