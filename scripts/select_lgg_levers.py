@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Inference-time levers for an LGG cross-validation fold's model, chosen on that fold's selection patients only,
 then reported on the fold's held-out patients: flip test-time augmentation, the probability threshold, and 3D
-connected-component post-processing of the patient's stacked slices (Buda et al. 2019 keep the largest).
+connected-component post-processing of the patient's stacked slices (Buda et al. 2019 keep the largest;
+``--components all,over10,largest`` adds a milder rule, every component with at least 10 % of the largest's voxels).
 
 For one fold of ``scripts/benchmark_lgg.py --fold K`` (model in ``runs/lgg_cv/fold<K>/models``): every patient
 of the fold's selection split (``val``: a tenth of the training folds, the patients that chose the checkpoint;
@@ -45,13 +46,14 @@ from _provenance import machine_provenance  # noqa: E402
 from benchmark_lgg import CV_SPLIT, RESULTS  # noqa: E402  (the folds as the benchmark draws them)
 from monai_pipeline.app.delineate import CropSegmenter  # noqa: E402
 from monai_pipeline.data.datasets import brain_datalist  # noqa: E402
-from monai_pipeline.data.masks import largest_component  # noqa: E402
+from monai_pipeline.data.masks import large_components, largest_component  # noqa: E402
 from monai_pipeline.evaluation.metrics import dice  # noqa: E402
 from monai_pipeline.io.atomic import atomic_write_text  # noqa: E402
 
 TTA = {"none": [], "flip_lr": [[0]]}  # training flips spatial axis 0 only (RandFlipd in train.json)
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
-COMPONENTS = ("all", "largest")  # largest: 26-connected, over the stacked slices
+COMPONENT_RULES = ("all", "over10", "largest")  # 26-connected, over the stacked slices
+COMPONENTS = ("all", "largest")  # the default grid, in order of preference on a tie
 BASELINE = ("none", 0.5, "all")
 
 
@@ -70,9 +72,12 @@ def probabilities(models: list[CropSegmenter], item: dict, flips: list) -> np.nd
 
 
 def keep_components(mask: np.ndarray, rule: str) -> np.ndarray:
-    """``mask`` ``(H, W, S)`` as it is (``all``) or only its largest 26-connected component (``largest``)."""
+    """``mask`` ``(H, W, S)`` as it is (``all``), only its largest 26-connected component (``largest``), or its
+    26-connected components with at least 10 % of the largest's voxels (``over10``)."""
     if rule == "all":
         return mask
+    if rule == "over10":
+        return large_components(mask, 0.1, full_connectivity=True)
     return largest_component(mask, full_connectivity=True)
 
 
@@ -82,10 +87,11 @@ def reference(item: dict) -> np.ndarray:
     return np.asarray(LoadBrainImaged("label", label=True)({"label": item["label"]})["label"][0]) > 0
 
 
-def score(models: list[CropSegmenter], items: list[dict], ttas: list[str]) -> tuple[dict, dict]:
+def score(models: list[CropSegmenter], items: list[dict], ttas: list[str],
+          components: tuple = COMPONENTS) -> tuple[dict, dict]:
     """Per-patient Dice of every variant ``(tta, threshold, components)`` of the models' (mean) probability, and
     seconds per patient per TTA."""
-    per: dict = {v: [] for v in itertools.product(ttas, THRESHOLDS, COMPONENTS)}
+    per: dict = {v: [] for v in itertools.product(ttas, THRESHOLDS, components)}
     seconds = {t: 0.0 for t in ttas}
     for item in items:
         ref = reference(item)
@@ -93,7 +99,7 @@ def score(models: list[CropSegmenter], items: list[dict], ttas: list[str]) -> tu
             t0 = time.perf_counter()
             prob = probabilities(models, item, TTA[t])
             seconds[t] += time.perf_counter() - t0
-            for th, comp in itertools.product(THRESHOLDS, COMPONENTS):
+            for th, comp in itertools.product(THRESHOLDS, components):
                 per[(t, th, comp)].append(dice(keep_components(prob > th, comp), ref))
     return per, {t: s / max(len(items), 1) for t, s in seconds.items()}
 
@@ -102,9 +108,10 @@ def _name(v: tuple) -> str:
     return f"tta={v[0]} threshold={v[1]} components={v[2]}"
 
 
-def choose(means: dict) -> tuple:
-    """The best mean; a costlier TTA, a post-processing step or a threshold further from 0.5 must win by 0.002."""
-    order = sorted(means, key=lambda v: (list(TTA).index(v[0]), COMPONENTS.index(v[2]), abs(v[1] - 0.5)))
+def choose(means: dict, components: tuple = COMPONENTS) -> tuple:
+    """The best mean; a costlier TTA, a post-processing step further along ``components`` or a threshold further
+    from 0.5 must win by 0.002."""
+    order = sorted(means, key=lambda v: (list(TTA).index(v[0]), components.index(v[2]), abs(v[1] - 0.5)))
     chosen = order[0]
     for v in order[1:]:
         if means[v] > means[chosen] + 0.002:
@@ -122,12 +129,18 @@ def main(argv=None) -> int:
     ap.add_argument("--model-dir", action="append", default=None,
                     help="the fold's model folder (default runs/lgg_<cv-name>/fold<K>/models); more than once: "
                          "their ensemble")
+    ap.add_argument("--components", default=",".join(COMPONENTS),
+                    help="the component rules to choose from, simplest first (default all,largest; any of "
+                         f"{','.join(COMPONENT_RULES)}, starting with all, the baseline)")
     ap.add_argument("--max-cases", type=int, default=None, help="quick check on a subset of patients")
     ap.add_argument("--fold-result", default=None,
                     help="the fold's benchmark_lgg.py result the baseline must reproduce (default "
                          "benchmarks/results/lgg_<cv-name>_fold<K>.json)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    components = tuple(args.components.split(","))
+    if components[0] != "all" or len(set(components)) != len(components) or set(components) - set(COMPONENT_RULES):
+        ap.error(f"--components {args.components}: give distinct rules of {','.join(COMPONENT_RULES)}, all first")
     fold_result = Path(args.fold_result) if args.fold_result else RESULTS / f"lgg_{args.cv_name}_fold{args.fold}.json"
     own = ROOT / "runs" / f"lgg_{args.cv_name}" / f"fold{args.fold}" / "models"
     model_dirs = [Path(d) for d in args.model_dir or [own]]
@@ -140,12 +153,12 @@ def main(argv=None) -> int:
                  for s in ("val", "test"))
     models = [CropSegmenter("brain", d) for d in model_dirs]
 
-    per, cost = score(models, sel, list(TTA))
+    per, cost = score(models, sel, list(TTA), components)
     means = {v: statistics.fmean(d) for v, d in per.items()}
-    chosen = choose(means)
+    chosen = choose(means, components)
     print(f"fold {args.fold} selection ({len(sel)} patients): baseline {means[BASELINE]:.4f}; "
           f"chosen {_name(chosen)} {means[chosen]:.4f}")
-    tper, tcost = score(models, test, sorted({BASELINE[0], chosen[0]}, key=list(TTA).index))
+    tper, tcost = score(models, test, sorted({BASELINE[0], chosen[0]}, key=list(TTA).index), components)
     base, best = tper[BASELINE], tper[chosen]
     recorded = json.loads(fold_result.read_text()) if fold_result.is_file() else None
     if recorded:  # the baseline is what the bundle's evaluate measured for the committed fold result
@@ -166,6 +179,7 @@ def main(argv=None) -> int:
         "fold": args.fold, "num_folds": args.num_folds,
         "selection_patients": [d["patient"] for d in sel], "val_patients": [d["patient"] for d in test],
         "selection_mean_dice": {_name(v): round(m, 4) for v, m in sorted(means.items(), key=lambda kv: -kv[1])},
+        "components_grid": list(components),
         "chosen": {"tta": chosen[0], "flips": TTA[chosen[0]], "threshold": chosen[1], "components": chosen[2]},
         "test": {"baseline": {"variant": _name(BASELINE), "mean_dice": round(statistics.fmean(base), 4),
                               "median_dice": round(statistics.median(base), 4)},

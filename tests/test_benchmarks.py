@@ -357,6 +357,34 @@ def test_lgg_lever_ensemble_averages_each_models_probability_on_the_slices_grid(
     np.testing.assert_allclose(probabilities([model, negated], {"image": slices}, []), 0.5, atol=1e-5)
 
 
+def test_lgg_levers_component_grid_order_breaks_ties_and_must_start_with_the_baseline():
+    """``select_lgg_levers.py --components all,over10,largest``: a rule further along the grid must win by more than
+    0.002; ``over10`` keeps every 3D component with 10 % of the largest's voxels; a grid without the baseline
+    (``all``) first, or with an unknown rule, stops before any model loads."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from select_lgg_levers import choose, keep_components, main
+
+    grid = ("all", "over10", "largest")
+    means = {("none", 0.5, "all"): 0.700, ("none", 0.5, "over10"): 0.7015, ("none", 0.5, "largest"): 0.7018}
+    assert choose(means, grid) == ("none", 0.5, "all")  # neither step wins by more than 0.002
+    means[("none", 0.5, "over10")], means[("none", 0.5, "largest")] = 0.7025, 0.7040
+    assert choose(means, grid) == ("none", 0.5, "over10")  # largest wins over all, not over over10, by 0.002
+    means[("none", 0.5, "largest")] = 0.705
+    assert choose(means, grid) == ("none", 0.5, "largest")
+    mask = np.zeros((8, 8, 8), bool)
+    mask[:4, :4, :4] = True  # 64 voxels
+    mask[6:8, 6:8, 6:8] = True  # 8 voxels: over 10 % of 64
+    mask[0, 7, 7] = True  # 1 voxel
+    assert keep_components(mask, "all").sum() == 73
+    assert keep_components(mask, "over10").sum() == 72 and keep_components(mask, "largest").sum() == 64
+    for bad in ("largest,all", "all,biggest", "all,largest,largest"):
+        with pytest.raises(SystemExit) as stop:
+            main(["--fold", "0", "--components", bad])
+        assert stop.value.code == 2
+
+
 def test_lgg_all_folds_runs_the_missing_folds_then_their_levers_then_the_summary(tmp_path, monkeypatch):
     """``benchmark_lgg.py --all-folds``: a fold with a result is skipped, the others run with ``--fold K`` (each
     resumes on its own), each fold's levers are selected once, and the summary pools what is there."""

@@ -246,3 +246,22 @@ def test_largest_component_face_or_full_connectivity():
     single = np.zeros((4, 4, 4), bool)
     single[1:3, 1:3, 1:3] = True
     assert np.array_equal(largest_component(single), single)
+
+
+def test_large_components_keeps_those_over_a_fraction_of_the_largest():
+    from monai_pipeline.data.masks import large_components, largest_component
+
+    m = np.zeros((12, 12, 12), np.uint8)
+    m[0:5, 0:5, 0:4] = 1  # 100 voxels: the largest
+    m[7:10, 7:10, 7:10] = 2  # 27 voxels: over 10 % of it, under 30 %
+    m[11, 0, 11] = 1  # 1 voxel: a speck
+    m[5, 5, 4] = 1  # touches the largest at a corner only
+    kept = large_components(m, 0.1)
+    assert kept.dtype == bool and kept.sum() == 127 and kept[8, 8, 8] and not kept[11, 0, 11] and not kept[5, 5, 4]
+    assert large_components(m, 0.1, full_connectivity=True).sum() == 128  # the corner voxel joins the largest
+    assert large_components(m, 0.3).sum() == 100
+    assert np.array_equal(large_components(m, 0.0), m != 0)
+    assert np.array_equal(large_components(m, 1.0), largest_component(m))
+    assert not large_components(np.zeros((3, 3)), 0.1).any()
+    with pytest.raises(ValueError, match="min_fraction"):
+        large_components(m, 1.5)

@@ -24,3 +24,30 @@ def largest_component(mask: np.ndarray, full_connectivity: bool = False) -> np.n
     if n < 2:
         return mask
     return labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+
+
+def large_components(mask: np.ndarray, min_fraction: float, full_connectivity: bool = False) -> np.ndarray:
+    """The connected components of a binary mask with at least ``min_fraction`` of the largest one's voxels.
+
+    A milder post-processing step than :func:`largest_component`: a second lesion of comparable size survives, the
+    specks a segmentation network scatters around do not.
+
+    Args:
+        mask: binary array of any dimension; non-zero is foreground.
+        min_fraction: in ``[0, 1]``; a component is kept when its voxel count is at least this fraction of the
+            largest component's (0 keeps every component; 1 keeps the largest and any as large).
+        full_connectivity: as in :func:`largest_component`.
+
+    Returns:
+        boolean array of ``mask``'s shape (all false for an empty mask).
+    """
+    if not 0.0 <= min_fraction <= 1.0:
+        raise ValueError(f"min_fraction must lie in [0, 1], got {min_fraction}")
+    mask = np.asarray(mask) != 0
+    structure = np.ones((3,) * mask.ndim, bool) if full_connectivity else None
+    labels, n = ndimage.label(mask, structure=structure)
+    if n < 2:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return (sizes >= min_fraction * sizes.max())[labels] & mask
