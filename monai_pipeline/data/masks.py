@@ -6,6 +6,17 @@ import numpy as np
 from scipy import ndimage
 
 
+def _components(mask: np.ndarray, full_connectivity: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``mask`` as booleans, its component labels (0: background) and each label's voxel count (background's
+    counted as 0)."""
+    mask = np.asarray(mask) != 0
+    structure = np.ones((3,) * mask.ndim, bool) if full_connectivity else None
+    labels, _ = ndimage.label(mask, structure=structure)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return mask, labels, sizes
+
+
 def largest_component(mask: np.ndarray, full_connectivity: bool = False) -> np.ndarray:
     """The largest connected component of a binary mask.
 
@@ -18,12 +29,10 @@ def largest_component(mask: np.ndarray, full_connectivity: bool = False) -> np.n
         boolean array of ``mask``'s shape, true on the largest component only (all false for an empty mask;
         on a tie, the component SciPy numbers first).
     """
-    mask = np.asarray(mask) != 0
-    structure = np.ones((3,) * mask.ndim, bool) if full_connectivity else None
-    labels, n = ndimage.label(mask, structure=structure)
-    if n < 2:
+    mask, labels, sizes = _components(mask, full_connectivity)
+    if len(sizes) < 3:  # background and at most one component
         return mask
-    return labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    return labels == int(np.argmax(sizes))
 
 
 def large_components(mask: np.ndarray, min_fraction: float, full_connectivity: bool = False) -> np.ndarray:
@@ -43,11 +52,7 @@ def large_components(mask: np.ndarray, min_fraction: float, full_connectivity: b
     """
     if not 0.0 <= min_fraction <= 1.0:
         raise ValueError(f"min_fraction must lie in [0, 1], got {min_fraction}")
-    mask = np.asarray(mask) != 0
-    structure = np.ones((3,) * mask.ndim, bool) if full_connectivity else None
-    labels, n = ndimage.label(mask, structure=structure)
-    if n < 2:
+    mask, labels, sizes = _components(mask, full_connectivity)
+    if len(sizes) < 3:
         return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
     return (sizes >= min_fraction * sizes.max())[labels] & mask
