@@ -78,7 +78,18 @@ def keep_components(mask: np.ndarray, rule: str) -> np.ndarray:
         return mask
     if rule == "over10":
         return large_components(mask, 0.1, full_connectivity=True)
-    return largest_component(mask, full_connectivity=True)
+    if rule == "largest":
+        return largest_component(mask, full_connectivity=True)
+    raise ValueError(f"unknown component rule {rule!r}: one of {', '.join(COMPONENT_RULES)}")
+
+
+def parse_components(text: str) -> tuple[str, ...]:
+    """The ``--components`` grid ``"all,over10,largest"`` as a tuple, simplest first; it must start with the
+    baseline ``all`` and name each rule of :data:`COMPONENT_RULES` at most once."""
+    grid = tuple(text.split(","))
+    if grid[0] != "all" or len(set(grid)) != len(grid) or set(grid) - set(COMPONENT_RULES):
+        raise ValueError(f"--components {text}: give distinct rules of {','.join(COMPONENT_RULES)}, all first")
+    return grid
 
 
 def reference(item: dict) -> np.ndarray:
@@ -138,9 +149,10 @@ def main(argv=None) -> int:
                          "benchmarks/results/lgg_<cv-name>_fold<K>.json)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    components = tuple(args.components.split(","))
-    if components[0] != "all" or len(set(components)) != len(components) or set(components) - set(COMPONENT_RULES):
-        ap.error(f"--components {args.components}: give distinct rules of {','.join(COMPONENT_RULES)}, all first")
+    try:
+        components = parse_components(args.components)
+    except ValueError as e:
+        ap.error(str(e))
     fold_result = Path(args.fold_result) if args.fold_result else RESULTS / f"lgg_{args.cv_name}_fold{args.fold}.json"
     own = ROOT / "runs" / f"lgg_{args.cv_name}" / f"fold{args.fold}" / "models"
     model_dirs = [Path(d) for d in args.model_dir or [own]]

@@ -330,6 +330,28 @@ def test_committed_lgg_nested_summary_picks_each_folds_recipe_on_its_selection_p
         assert got == expected and abs(statistics.fmean(got) - summary[key]["mean_patient_dice"]) < 1e-3
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "results").glob("lgg_*_levers_fold*.json")),
+                         ids=lambda p: p.stem)
+def test_committed_lgg_lever_file_chose_on_its_selection_patients_only(path):
+    """Every ``select_lgg_levers.py`` result, also those of a recipe with no fold file of its own (an ensemble, or
+    another lever grid over a recipe's models): the chosen variant is in its grid and within 0.002 of the best
+    selection mean, no selection patient is scored, the test means follow from the per-patient values, and the
+    baseline is the fold result it names, where it names one."""
+    import statistics
+
+    lv = json.loads(path.read_text())
+    grid = lv.get("components_grid", ["all", "largest"])  # files before --components chose from all, largest
+    assert lv["chosen"]["components"] in grid and grid[0] == "all"
+    assert all(v.split("components=")[1] in grid for v in lv["selection_mean_dice"])
+    assert lv["selection_mean_dice"][lv["test"]["chosen"]["variant"]] >= max(lv["selection_mean_dice"].values()) - 0.002 - 1e-9
+    assert not set(lv["selection_patients"]) & set(lv["val_patients"])
+    assert [p["patient"] for p in lv["per_patient"]] == lv["val_patients"]
+    for key in ("baseline", "chosen"):
+        assert abs(statistics.fmean(p[key] for p in lv["per_patient"]) - lv["test"][key]["mean_dice"]) < 1e-3
+    if lv["fold_result_mean_dice"] is not None:
+        assert abs(lv["fold_result_mean_dice"] - lv["test"]["baseline"]["mean_dice"]) < 2e-3
+
+
 def test_lgg_lever_ensemble_averages_each_models_probability_on_the_slices_grid():
     """``select_lgg_levers.py --model-dir A --model-dir B``: the ensemble's probability is the mean of the models'
     on the slices' own grid. A second model whose logits are the first's negated has probability 1 - p, so the
@@ -357,14 +379,14 @@ def test_lgg_lever_ensemble_averages_each_models_probability_on_the_slices_grid(
     np.testing.assert_allclose(probabilities([model, negated], {"image": slices}, []), 0.5, atol=1e-5)
 
 
-def test_lgg_levers_component_grid_order_breaks_ties_and_must_start_with_the_baseline():
+def test_lgg_levers_component_grid_order_breaks_ties_and_must_start_with_the_baseline(capsys):
     """``select_lgg_levers.py --components all,over10,largest``: a rule further along the grid must win by more than
-    0.002; ``over10`` keeps every 3D component with 10 % of the largest's voxels; a grid without the baseline
-    (``all``) first, or with an unknown rule, stops before any model loads."""
+    0.002; ``over10`` keeps every 26-connected 3D component with 10 % of the largest's voxels; a grid without the
+    baseline (``all``) first, with an unknown or a repeated rule, stops before any model loads."""
     import numpy as np
 
     sys.path.insert(0, str(ROOT / "scripts"))
-    from select_lgg_levers import choose, keep_components, main
+    from select_lgg_levers import choose, keep_components, main, parse_components
 
     grid = ("all", "over10", "largest")
     means = {("none", 0.5, "all"): 0.700, ("none", 0.5, "over10"): 0.7015, ("none", 0.5, "largest"): 0.7018}
@@ -375,14 +397,20 @@ def test_lgg_levers_component_grid_order_breaks_ties_and_must_start_with_the_bas
     assert choose(means, grid) == ("none", 0.5, "largest")
     mask = np.zeros((8, 8, 8), bool)
     mask[:4, :4, :4] = True  # 64 voxels
-    mask[6:8, 6:8, 6:8] = True  # 8 voxels: over 10 % of 64
+    mask[4, 4, 4] = True  # touches the 64 at a corner only: one component 26-connected
+    mask[6:8, 6:8, 6:8] = True  # 8 voxels: over 10 % of 65
     mask[0, 7, 7] = True  # 1 voxel
-    assert keep_components(mask, "all").sum() == 73
-    assert keep_components(mask, "over10").sum() == 72 and keep_components(mask, "largest").sum() == 64
+    assert keep_components(mask, "all").sum() == 74
+    assert keep_components(mask, "over10").sum() == 73 and keep_components(mask, "largest").sum() == 65
+    with pytest.raises(ValueError, match="unknown component rule"):
+        keep_components(mask, "biggest")
+    assert parse_components("all,over10,largest") == grid and parse_components("all") == ("all",)
     for bad in ("largest,all", "all,biggest", "all,largest,largest"):
+        with pytest.raises(ValueError, match="all first"):
+            parse_components(bad)
         with pytest.raises(SystemExit) as stop:
             main(["--fold", "0", "--components", bad])
-        assert stop.value.code == 2
+        assert stop.value.code == 2 and "give distinct rules" in capsys.readouterr().err
 
 
 def test_lgg_all_folds_runs_the_missing_folds_then_their_levers_then_the_summary(tmp_path, monkeypatch):

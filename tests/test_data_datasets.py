@@ -263,5 +263,13 @@ def test_large_components_keeps_those_over_a_fraction_of_the_largest():
     assert np.array_equal(large_components(m, 0.0), m != 0)
     assert np.array_equal(large_components(m, 1.0), largest_component(m))
     assert not large_components(np.zeros((3, 3)), 0.1).any()
+    assert large_components(np.zeros((0, 4)), 0.1).shape == largest_component(np.zeros((0, 4))).shape == (0, 4)
+    edge = np.zeros((30, 30), bool)
+    edge[:10, :10] = True  # 100 pixels
+    edge[20, 0:10] = True  # 10 pixels: exactly 10 % of the largest, kept
+    edge[25, 0:9] = True  # 9 pixels: under, dropped
+    edge[20:30, 20:30] = True  # 100 pixels: as large as the largest
+    assert large_components(edge, 0.1).sum() == 210
+    assert large_components(edge, 1.0).sum() == 200 and largest_component(edge).sum() == 100  # a tie keeps both
     with pytest.raises(ValueError, match="min_fraction"):
         large_components(m, 1.5)

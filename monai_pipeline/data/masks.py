@@ -12,7 +12,7 @@ def _components(mask: np.ndarray, full_connectivity: bool) -> tuple[np.ndarray, 
     mask = np.asarray(mask) != 0
     structure = np.ones((3,) * mask.ndim, bool) if full_connectivity else None
     labels, _ = ndimage.label(mask, structure=structure)
-    sizes = np.bincount(labels.ravel())
+    sizes = np.bincount(labels.ravel(), minlength=1)  # an array with no elements has no background either
     sizes[0] = 0
     return mask, labels, sizes
 
