@@ -52,7 +52,11 @@ from monai_pipeline.io.atomic import atomic_write_text  # noqa: E402
 
 TTA = {"none": [], "flip_lr": [[0]]}  # training flips spatial axis 0 only (RandFlipd in train.json)
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
-COMPONENT_RULES = ("all", "over10", "largest")  # 26-connected, over the stacked slices
+COMPONENT_RULES = {  # each rule on a mask (H, W, S) of the stacked slices, 26-connected
+    "all": lambda m: m,
+    "over10": lambda m: large_components(m, 0.1, full_connectivity=True),
+    "largest": lambda m: largest_component(m, full_connectivity=True),
+}
 COMPONENTS = ("all", "largest")  # the default grid, in order of preference on a tie
 BASELINE = ("none", 0.5, "all")
 
@@ -74,13 +78,9 @@ def probabilities(models: list[CropSegmenter], item: dict, flips: list) -> np.nd
 def keep_components(mask: np.ndarray, rule: str) -> np.ndarray:
     """``mask`` ``(H, W, S)`` as it is (``all``), only its largest 26-connected component (``largest``), or its
     26-connected components with at least 10 % of the largest's voxels (``over10``)."""
-    if rule == "all":
-        return mask
-    if rule == "over10":
-        return large_components(mask, 0.1, full_connectivity=True)
-    if rule == "largest":
-        return largest_component(mask, full_connectivity=True)
-    raise ValueError(f"unknown component rule {rule!r}: one of {', '.join(COMPONENT_RULES)}")
+    if rule not in COMPONENT_RULES:
+        raise ValueError(f"unknown component rule {rule!r}: one of {', '.join(COMPONENT_RULES)}")
+    return COMPONENT_RULES[rule](mask)
 
 
 def parse_components(text: str) -> tuple[str, ...]:

@@ -284,16 +284,12 @@ def _check_lgg_cv(name: str) -> None:
     # best on the fold's selection patients (none of them scored by that fold), and the summary pools them
     levers = {int(f.stem.removeprefix(f"lgg_{name}_levers_fold")): json.loads(f.read_text())
               for f in sorted(results.glob(f"lgg_{name}_levers_fold*.json"))}
-    for k, lv in levers.items():
+    for k, lv in levers.items():  # each file on its own: test_committed_lgg_lever_file_chose_on_its_selection_...
         fold = json.loads((results / f"lgg_{name}_fold{k}.json").read_text())
         was = {p["patient"]: p["dice"] for p in fold["per_patient"]}
         assert [p["patient"] for p in lv["per_patient"]] == fold["val_patients"] == lv["val_patients"]
-        assert not set(lv["selection_patients"]) & set(lv["val_patients"])
         for p in lv["per_patient"]:
             assert abs(p["baseline"] - next(v for c, v in was.items() if c.startswith(p["patient"]))) < 2e-3
-        for key in ("baseline", "chosen"):
-            assert abs(statistics.fmean(p[key] for p in lv["per_patient"]) - lv["test"][key]["mean_dice"]) < 1e-3
-        assert lv["selection_mean_dice"][lv["test"]["chosen"]["variant"]] >= max(lv["selection_mean_dice"].values()) - 0.002 - 1e-9
     if levers:
         pooled = summary["with_levers"]
         assert pooled["folds"] == sorted(levers)
