@@ -46,17 +46,12 @@ from _provenance import machine_provenance  # noqa: E402
 from benchmark_lgg import CV_SPLIT, RESULTS  # noqa: E402  (the folds as the benchmark draws them)
 from monai_pipeline.app.delineate import CropSegmenter  # noqa: E402
 from monai_pipeline.data.datasets import brain_datalist  # noqa: E402
-from monai_pipeline.data.masks import large_components, largest_component  # noqa: E402
+from monai_pipeline.data.masks import COMPONENT_RULES, keep_components  # noqa: E402  (the bundle's rules)
 from monai_pipeline.evaluation.metrics import dice  # noqa: E402
 from monai_pipeline.io.atomic import atomic_write_text  # noqa: E402
 
 TTA = {"none": [], "flip_lr": [[0]]}  # training flips spatial axis 0 only (RandFlipd in train.json)
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
-COMPONENT_RULES = {  # each rule on a mask (H, W, S) of the stacked slices, 26-connected
-    "all": lambda m: m,
-    "over10": lambda m: large_components(m, 0.1, full_connectivity=True),
-    "largest": lambda m: largest_component(m, full_connectivity=True),
-}
 COMPONENTS = ("all", "largest")  # the default grid, in order of preference on a tie
 BASELINE = ("none", 0.5, "all")
 
@@ -73,14 +68,6 @@ def probabilities(models: list[CropSegmenter], item: dict, flips: list) -> np.nd
         d = Invertd("pred", transform=model.preprocessing, orig_keys="image", nearest_interp=False)(d)
         probs.append(np.asarray(d["pred"][1], dtype=np.float32))
     return np.mean(probs, axis=0)  # one model: its own probability, exactly (x / 1)
-
-
-def keep_components(mask: np.ndarray, rule: str) -> np.ndarray:
-    """``mask`` ``(H, W, S)`` as it is (``all``), only its largest 26-connected component (``largest``), or its
-    26-connected components with at least 10 % of the largest's voxels (``over10``)."""
-    if rule not in COMPONENT_RULES:
-        raise ValueError(f"unknown component rule {rule!r}: one of {', '.join(COMPONENT_RULES)}")
-    return COMPONENT_RULES[rule](mask)
 
 
 def parse_components(text: str) -> tuple[str, ...]:

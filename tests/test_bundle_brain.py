@@ -172,6 +172,33 @@ def test_slices_and_volumes_reach_the_network_alike(tmp_path):
         torch.testing.assert_close(vol.as_tensor(), stack.as_tensor(), atol=1e-4, rtol=1e-4)
 
 
+def test_keep_components_acts_on_the_patients_stack_in_3d_and_keeps_labels_and_metadata():
+    """``KeepComponentsd``: on a ``(1, H, W, S)`` label map (a patient's stacked slices) the rules connect across
+    slices and through corners (26 neighbours); ``largest`` keeps one component, ``over10`` those with >= 10 % of
+    its voxels; labels, dtype and the MetaTensor's affine stay; ``all`` changes nothing; a bad rule is refused."""
+    from monai.data import MetaTensor
+
+    from monai_pipeline.transforms import KeepComponentsd
+
+    m = np.zeros((1, 8, 8, 6), np.int64)
+    m[0, 1:4, 1:4, 1:4] = 1                 # 27 voxels over three slices
+    m[0, 4, 4, 4] = 1                      # touches the block at a corner only, one slice further: the same component
+    m[0, 6:8, 6:8, 0] = 1                  # 4 voxels: 4/28 >= 10 %
+    m[0, 7, 0, 5] = 1                      # 1 voxel: under 10 %
+    affine = torch.diag(torch.tensor([2.0, 3.0, 4.0, 1.0]))
+    pred = MetaTensor(torch.as_tensor(m), affine=affine)
+    largest = KeepComponentsd("pred", "largest")({"pred": pred})["pred"]
+    assert isinstance(largest, MetaTensor) and torch.equal(largest.affine, affine) and largest.dtype == torch.int64
+    assert int(largest.sum()) == 28 and largest[0, 4, 4, 4] == 1
+    over10 = KeepComponentsd("pred", "over10")({"pred": pred})["pred"]
+    assert int(over10.sum()) == 32 and over10[0, 7, 0, 5] == 0
+    assert KeepComponentsd("pred")({"pred": pred})["pred"] is pred
+    kept = KeepComponentsd("pred", "largest")({"pred": m.astype(np.uint8)})["pred"]  # an array stays an array
+    assert isinstance(kept, np.ndarray) and kept.dtype == np.uint8 and int(kept.sum()) == 28
+    with pytest.raises(ValueError, match="give one of all, over10, largest"):
+        KeepComponentsd("pred", "biggest")
+
+
 def test_normalisation_is_per_slice_and_channel():
     from monai_pipeline.transforms import BrainNormalized
 
@@ -373,6 +400,24 @@ def test_bundle_trains_and_evaluates_per_patient_on_slices(brain_trained, brain_
         arr = np.asarray(Image.open(png))
         assert arr.shape == (64, 64) and set(np.unique(arr)) <= {0, 255}
         assert (out / "predictions" / png.name.replace("_mask", "_overlay")).is_file()
+
+    # --keep_components largest: each patient's stacked prediction keeps one 26-connected component, a subset of
+    # the plain one, and MONAI's Dice is still that of the written masks
+    from scipy import ndimage
+
+    run_cmd(bundle("run", "--config_file", CFG_EVAL, "--dataset_dir", str(brain_slices), "--val_fraction", "0.34",
+                   "--keep_components", "largest", "--output_dir", "eval_largest", *BRAIN_TINY), cwd=brain_trained)
+    largest = brain_trained / "eval_largest"
+    raw = (largest / "val_mean_dice_raw.csv").read_text().splitlines()
+    _, patients = score_slice_folders(largest / "predictions", brain_slices)
+    assert {p["patient"]: p["dice"] for p in patients} == pytest.approx(
+        {Path(r.split(",")[0]).parent.name: float(r.split(",")[-1]) for r in raw[1:]}, abs=1e-5)
+    for patient in monai_dice:
+        files = sorted((largest / "predictions").glob(f"{patient}_*_mask.png"), key=lambda f: int(f.stem.split("_")[-2]))
+        kept = np.stack([np.asarray(Image.open(f)) > 0 for f in files], -1)
+        plain = np.stack([np.asarray(Image.open(out / "predictions" / f.name)) > 0 for f in files], -1)
+        assert ndimage.label(kept, np.ones((3, 3, 3)))[1] <= 1 and not (kept & ~plain).any()
+        assert ndimage.label(plain, np.ones((3, 3, 3)))[1] > 1  # the 3-epoch model scatters specks: the rule acted
 
 
 def test_slice_inference_keeps_each_size_and_skips_a_bad_slice(brain_trained, brain_slices, tmp_path):

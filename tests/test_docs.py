@@ -113,13 +113,15 @@ def test_readme_dicom_commands_run_as_printed(trained, tmp_path):
 
 
 def test_brain_docs_real_patient_commands_run_as_printed(tmp_path):
-    """The brain README's "segment a real LGG patient with the shipped model" block, as printed, from a copy of the
+    """The brain README's "segment a real LGG patient with the shipped model" blocks, as printed, from a copy of the
     bundle as shipped (its models/model.pt; the channels come from its contract): every slice of the patient gets
-    a mask, and the patient's Dice is the one benchmarks/results/lgg_cv25d_fold0.json recorded for that model."""
+    a mask, the patient's Dice is the one benchmarks/results/lgg_cv25d_fold0.json recorded for that model, and with
+    the levers the shipped model's selection patients chose (flip TTA, the largest 3D component) the one the lever
+    benchmark (scripts/select_lgg_levers.py) recorded for it: the bundle applies them as the benchmark does."""
     import json
 
     cmds = [c for c in doc_commands(BRAIN_BUNDLE) if REAL_DATA in c]
-    assert [c.split()[:3] for c in cmds] == [["python", "-m", "monai.bundle"], ["monai-pipeline", "evaluate", "--pred"]]
+    assert [c.split()[:3] for c in cmds] == [["python", "-m", "monai.bundle"], ["monai-pipeline", "evaluate", "--pred"]] * 2
     patient = next(w for w in shlex.split(cmds[0]) if w.startswith(REAL_DATA)).rsplit("/", 1)[-1]
     source = shared("lgg_kaggle_3m", patient)
     if not (BRAIN_BUNDLE / "models" / "model.pt").is_file():
@@ -130,17 +132,32 @@ def test_brain_docs_real_patient_commands_run_as_printed(tmp_path):
         words = shlex.split(cmd.replace(REAL_DATA, str(SHARED_DATA)))  # where ../shared/data is from this copy
         words[0] = str(VENV_BIN / words[0]) if (VENV_BIN / words[0]).exists() else words[0]
         run_cmd(words, cwd=cwd, timeout=600)
+    levers_cmd = shlex.split(cmds[2])
+    assert levers_cmd[levers_cmd.index("--tta_flips") + 1] == "[[0]]"
+    assert levers_cmd[levers_cmd.index("--keep_components") + 1] == "largest"
     slices = sorted(p.stem for p in source.glob("*.tif") if not p.stem.endswith("_mask"))
-    assert sorted(p.name for p in (cwd / "eval" / patient).glob("*_mask.png")) == sorted(f"{s}_mask.png" for s in slices)
-    scores = json.loads((cwd / "eval" / f"{patient}_scores" / "metrics.json").read_text())
+    for out in (patient, f"{patient}_levers"):
+        assert sorted(p.name for p in (cwd / "eval" / out).glob("*_mask.png")) == sorted(f"{s}_mask.png" for s in slices)
+    scores = {out: json.loads((cwd / "eval" / f"{out}_scores" / "metrics.json").read_text())["mean_patient_dice"]
+              for out in (patient, f"{patient}_levers")}
+    readme = (BRAIN_BUNDLE / "docs" / "README.md").read_text()
     result = "lgg_cv25d_fold0.json"  # the shipped model's fold result
     recorded = json.loads((ROOT / "benchmarks" / "results" / result).read_text())
     assert patient.rsplit("_", 1)[0] in recorded["val_patients"]  # a patient the shipped model never trained on
-    assert abs(scores["mean_patient_dice"] - recorded["patient_dice_from_png_masks"][patient]) < 1e-3
+    assert abs(scores[patient] - recorded["patient_dice_from_png_masks"][patient]) < 1e-3
     quoted = re.search(r"per-patient\s+Dice\s+against\s+its\s+masks\s+\((0\.\d+),\s+as\s+in\s+`benchmarks/results/([\w.]+)`\)",
-                       (BRAIN_BUNDLE / "docs" / "README.md").read_text())
+                       readme)
     assert quoted and quoted.group(2) == result, "the docs must quote the shipped model's result file"
     assert float(quoted.group(1)) == round(recorded["patient_dice_from_png_masks"][patient], 3)
+
+    levers_file = "lgg_cv25dcc_levers_fold0.json"  # the levers chosen for the shipped model on its selection patients
+    levers = json.loads((ROOT / "benchmarks" / "results" / levers_file).read_text())
+    assert levers["model_dir"] == "runs/lgg_cv25d/fold0/models" and levers["fold_result_mean_dice"] == recorded["mean_patient_dice"]
+    assert (levers["chosen"]["flips"], levers["chosen"]["threshold"], levers["chosen"]["components"]) == ([[0]], 0.5, "largest")
+    chosen = next(p["chosen"] for p in levers["per_patient"] if p["patient"] == patient.rsplit("_", 1)[0])
+    assert abs(scores[f"{patient}_levers"] - chosen) < 1e-3
+    quoted = re.search(r"the\s+same\s+patient\s+scores\s+(0\.\d+)\s+\(as\s+in\s+`benchmarks/results/([\w.]+)`", readme)
+    assert quoted and quoted.group(2) == levers_file and float(quoted.group(1)) == round(chosen, 3)
 
 
 ZOO_SECTIONS = ["Overview", "Data", "Training configuration", "Performance", "System requirements", "Commands",

@@ -4,7 +4,7 @@
 - :mod:`~monai_pipeline.data.datasets`: MSD, image lists, LIDC-IDRI crops, LGG slice folders, brain volumes;
 - :mod:`~monai_pipeline.data.splits`: patient-level random, k-fold and three-way splits;
 - :mod:`~monai_pipeline.data.check`: the integrity table of ``monai-pipeline check``;
-- :mod:`~monai_pipeline.data.masks`: binary-mask helpers (the largest connected component).
+- :mod:`~monai_pipeline.data.masks`: binary-mask helpers (connected components and the rules that keep them).
 
 The dataset functions are re-exported here: bundle configs name them ``monai_pipeline.data.msd_datalist``.
 """

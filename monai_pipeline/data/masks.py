@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 from scipy import ndimage
 
@@ -56,3 +58,26 @@ def large_components(mask: np.ndarray, min_fraction: float, full_connectivity: b
     if len(sizes) < 3:
         return mask
     return (sizes >= min_fraction * sizes.max())[labels] & mask
+
+
+#: Post-processing rules for a segmentation's foreground, by name, each on a binary mask of any dimension with
+#: full connectivity (26 neighbours in 3D): ``all`` keeps the mask as it is, ``over10`` every component with at
+#: least 10 % of the largest one's voxels (:func:`large_components`), ``largest`` the largest only
+#: (:func:`largest_component`; Buda et al. 2019 keep the largest 3D component of a patient's stacked slices).
+COMPONENT_RULES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "all": lambda m: np.asarray(m) != 0,
+    "over10": lambda m: large_components(m, 0.1, full_connectivity=True),
+    "largest": lambda m: largest_component(m, full_connectivity=True),
+}
+
+
+def keep_components(mask: np.ndarray, rule: str) -> np.ndarray:
+    """``mask`` (any dimension; non-zero is foreground) after the component rule ``rule`` of
+    :data:`COMPONENT_RULES`, as a boolean array of its shape.
+
+    Raises:
+        ValueError: ``rule`` is not one of :data:`COMPONENT_RULES`, naming them.
+    """
+    if rule not in COMPONENT_RULES:
+        raise ValueError(f"unknown component rule {rule!r}: give one of {', '.join(COMPONENT_RULES)}")
+    return COMPONENT_RULES[rule](mask)

@@ -7,9 +7,11 @@ MONAI class by MONAI class, so a config reads as the pipeline. Configs name thes
 - :mod:`~monai_pipeline.transforms.load`: ``LoadVolumed``, every volume format and DICOM through one reader;
 - :mod:`~monai_pipeline.transforms.ct`: body and lung region of a CT;
 - :mod:`~monai_pipeline.transforms.slices`: brain MRI slice stacks and their normalisation;
-- :mod:`~monai_pipeline.transforms.resample`: predictions back onto the source grid.
+- :mod:`~monai_pipeline.transforms.resample`: predictions back onto the source grid;
+- :mod:`~monai_pipeline.transforms.components`: connected-component post-processing of a mask, by rule name.
 """
 
+from monai_pipeline.transforms.components import KeepComponentsd
 from monai_pipeline.transforms.ct import BodyRegion, LungRegion
 from monai_pipeline.transforms.load import LoadVolumed
 from monai_pipeline.transforms.resample import ResampleToSourced
@@ -17,4 +19,4 @@ from monai_pipeline.transforms.slices import (SLICE_STACK_AFFINE, BrainNormalize
                                              RandCopyChanneld, SliceContextd)
 
 __all__ = ["LoadVolumed", "BodyRegion", "LungRegion", "ResampleToSourced", "LoadBrainImaged", "BrainNormalized", "BrainSlicesd",
-           "RandCopyChanneld", "SliceContextd", "SLICE_STACK_AFFINE"]
+           "RandCopyChanneld", "SliceContextd", "SLICE_STACK_AFFINE", "KeepComponentsd"]
