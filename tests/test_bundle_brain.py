@@ -175,13 +175,16 @@ def test_slices_and_volumes_reach_the_network_alike(tmp_path):
 def test_keep_components_acts_on_the_patients_stack_in_3d_and_keeps_labels_and_metadata():
     """``KeepComponentsd``: on a ``(1, H, W, S)`` label map (a patient's stacked slices) the rules connect across
     slices and through corners (26 neighbours); ``largest`` keeps one component, ``over10`` those with >= 10 % of
-    its voxels; labels, dtype and the MetaTensor's affine stay; ``all`` changes nothing; a bad rule is refused."""
+    its voxels; kept voxels keep their labels, the dtype and the MetaTensor's affine stay; on a ``(1, H, W)`` slice
+    the rule is 2D (8 neighbours); ``all`` changes nothing; a bad rule or a map of two channels is refused."""
     from monai.data import MetaTensor
 
+    from monai_pipeline.errors import DataError
     from monai_pipeline.transforms import KeepComponentsd
 
     m = np.zeros((1, 8, 8, 6), np.int64)
     m[0, 1:4, 1:4, 1:4] = 1                 # 27 voxels over three slices
+    m[0, 2, 2, 2] = 2                      # another label inside it
     m[0, 4, 4, 4] = 1                      # touches the block at a corner only, one slice further: the same component
     m[0, 6:8, 6:8, 0] = 1                  # 4 voxels: 4/28 >= 10 %
     m[0, 7, 0, 5] = 1                      # 1 voxel: under 10 %
@@ -189,14 +192,26 @@ def test_keep_components_acts_on_the_patients_stack_in_3d_and_keeps_labels_and_m
     pred = MetaTensor(torch.as_tensor(m), affine=affine)
     largest = KeepComponentsd("pred", "largest")({"pred": pred})["pred"]
     assert isinstance(largest, MetaTensor) and torch.equal(largest.affine, affine) and largest.dtype == torch.int64
-    assert int(largest.sum()) == 28 and largest[0, 4, 4, 4] == 1
+    expected = m.copy()
+    expected[0, 6:8, 6:8, 0] = expected[0, 7, 0, 5] = 0
+    assert np.array_equal(largest.numpy(), expected)  # the block, its label 2 and the corner voxel
     over10 = KeepComponentsd("pred", "over10")({"pred": pred})["pred"]
-    assert int(over10.sum()) == 32 and over10[0, 7, 0, 5] == 0
+    expected[0, 6:8, 6:8, 0] = 1
+    assert np.array_equal(over10.numpy(), expected)
     assert KeepComponentsd("pred")({"pred": pred})["pred"] is pred
+    plain = KeepComponentsd("pred", "largest")({"pred": torch.as_tensor(m, dtype=torch.uint8)})["pred"]
+    assert type(plain) is torch.Tensor and plain.dtype == torch.uint8 and int(plain.sum()) == 29
     kept = KeepComponentsd("pred", "largest")({"pred": m.astype(np.uint8)})["pred"]  # an array stays an array
-    assert isinstance(kept, np.ndarray) and kept.dtype == np.uint8 and int(kept.sum()) == 28
-    with pytest.raises(ValueError, match="give one of all, over10, largest"):
+    assert isinstance(kept, np.ndarray) and kept.dtype == np.uint8 and int(kept.sum()) == 29
+    slice_ = np.zeros((1, 6, 6), np.uint8)
+    slice_[0, 0:2, 0:2] = 1
+    slice_[0, 2, 2] = 1                    # a corner neighbour in 2D: joins the square
+    slice_[0, 5, 5] = 1
+    assert int(KeepComponentsd("pred", "largest")({"pred": slice_})["pred"].sum()) == 5
+    with pytest.raises(DataError, match="unknown component rule 'biggest' .keep_components.: give one of all, over10, largest"):
         KeepComponentsd("pred", "biggest")
+    with pytest.raises(ValueError, match=r"shape \(2, 8, 8, 6\).*argmax"):
+        KeepComponentsd("pred", "largest")({"pred": torch.zeros(2, 8, 8, 6)})
 
 
 def test_normalisation_is_per_slice_and_channel():
@@ -401,9 +416,11 @@ def test_bundle_trains_and_evaluates_per_patient_on_slices(brain_trained, brain_
         assert arr.shape == (64, 64) and set(np.unique(arr)) <= {0, 255}
         assert (out / "predictions" / png.name.replace("_mask", "_overlay")).is_file()
 
-    # --keep_components largest: each patient's stacked prediction keeps one 26-connected component, a subset of
-    # the plain one, and MONAI's Dice is still that of the written masks
+    # --keep_components largest: each patient's stacked prediction is the largest 26-connected component of the
+    # plain one, and MONAI's Dice is still that of the written masks
     from scipy import ndimage
+
+    from monai_pipeline.data.masks import largest_component
 
     run_cmd(bundle("run", "--config_file", CFG_EVAL, "--dataset_dir", str(brain_slices), "--val_fraction", "0.34",
                    "--keep_components", "largest", "--output_dir", "eval_largest", *BRAIN_TINY), cwd=brain_trained)
@@ -412,12 +429,14 @@ def test_bundle_trains_and_evaluates_per_patient_on_slices(brain_trained, brain_
     _, patients = score_slice_folders(largest / "predictions", brain_slices)
     assert {p["patient"]: p["dice"] for p in patients} == pytest.approx(
         {Path(r.split(",")[0]).parent.name: float(r.split(",")[-1]) for r in raw[1:]}, abs=1e-5)
+    specks = 0
     for patient in monai_dice:
         files = sorted((largest / "predictions").glob(f"{patient}_*_mask.png"), key=lambda f: int(f.stem.split("_")[-2]))
         kept = np.stack([np.asarray(Image.open(f)) > 0 for f in files], -1)
         plain = np.stack([np.asarray(Image.open(out / "predictions" / f.name)) > 0 for f in files], -1)
-        assert ndimage.label(kept, np.ones((3, 3, 3)))[1] <= 1 and not (kept & ~plain).any()
-        assert ndimage.label(plain, np.ones((3, 3, 3)))[1] > 1  # the 3-epoch model scatters specks: the rule acted
+        assert kept.any() and np.array_equal(kept, largest_component(plain, full_connectivity=True))
+        specks += ndimage.label(plain, np.ones((3, 3, 3)))[1] > 1
+    assert specks  # the 3-epoch model scatters specks on some patient: the rule had something to remove
 
 
 def test_slice_inference_keeps_each_size_and_skips_a_bad_slice(brain_trained, brain_slices, tmp_path):
@@ -531,6 +550,38 @@ def test_slice_context_trains_and_infers_from_the_contract(brain_slices, tmp_pat
     assert proc.returncode != 0 and "context_slices 0 given" in proc.stdout + proc.stderr
     for folder in ("odd_out", "refused"):
         assert not (tmp_path / folder).exists() or not any((tmp_path / folder).iterdir())
+
+def test_keep_components_in_inference_takes_each_patient_whole_without_slice_context(brain_slices, tmp_path):
+    """A model that reads each slice alone (``context_slices`` 0) still gets the component rule over the whole
+    patient, as evaluate.json and the lever benchmark apply it: with ``keep_components`` other than ``all``,
+    inference stacks each patient's slices, so its masks are the largest 3D component of the plain run's (per
+    patient). An unknown rule stops the run with one ``error:`` line before anything is written."""
+    from scipy import ndimage
+
+    from monai_pipeline.data.masks import largest_component
+
+    root = tmp_path / "brain"
+    shutil.copytree(BRAIN_BUNDLE, root, ignore=shutil.ignore_patterns("eval", "data", "checkpoint_*", "*.ts"))
+    run_cmd(bundle("run", "--config_file", CFG_TRAIN, "--epochs", "2", "--val_interval", "2", "--context_slices", "0",
+                   "--dataset_dir", str(brain_slices), "--val_fraction", "0.34", *BRAIN_TINY), cwd=root)
+    assert json.loads((root / "models" / "model.contract.json").read_text())["settings"]["context_slices"] == 0
+    patients = sorted(q for q in brain_slices.iterdir() if q.is_dir())
+    n_slices = sum(1 for q in patients for f in q.glob("*.tif") if not f.stem.endswith("_mask"))
+    for rule, cases in (("all", n_slices), ("largest", len(patients))):  # each slice alone; each patient one stack
+        proc = run_cmd(bundle("run", "--config_file", CFG_INFER, "--dataset_dir", str(brain_slices), "--output_dir",
+                              str(tmp_path / rule), "--keep_components", rule, *BRAIN_TINY), cwd=root)
+        assert f"inference summary: {cases} written, 0 skipped as done, 0 failed" in proc.stdout + proc.stderr
+    for folder in patients:
+        names = sorted((f.stem for f in folder.glob("*.tif") if not f.stem.endswith("_mask")),
+                       key=lambda n: int(n.rsplit("_", 1)[1]))
+        plain, kept = (np.stack([np.asarray(Image.open(tmp_path / rule / f"{n}_mask.png")) > 0 for n in names], -1)
+                       for rule in ("all", "largest"))
+        assert np.array_equal(kept, largest_component(plain, full_connectivity=True)), folder.name
+    proc = run_cmd(bundle("run", "--config_file", CFG_INFER, "--dataset_dir", str(brain_slices), "--output_dir",
+                          str(tmp_path / "bad"), "--keep_components", "biggest", *BRAIN_TINY), cwd=root, check=False)
+    assert proc.returncode != 0 and "error: unknown component rule 'biggest' (keep_components)" in proc.stdout + proc.stderr
+    assert not (tmp_path / "bad").exists()
+
 
 def test_real_brats_volume_through_the_slice_model(brain_trained, tmp_path):
     """A real BraTS volume (240 x 240 x 155, float32 labels) cut into slices by a model trained on slices:

@@ -7,6 +7,8 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
+from monai_pipeline.errors import DataError
+
 
 def _components(mask: np.ndarray, full_connectivity: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``mask`` as booleans, its component labels (0: background) and each label's voxel count (background's
@@ -71,13 +73,23 @@ COMPONENT_RULES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
+def check_component_rule(rule: str) -> str:
+    """``rule`` when it names a rule of :data:`COMPONENT_RULES`.
+
+    Raises:
+        DataError: (a ``ValueError``) it does not, naming the rules; a bundle run checks its ``keep_components``
+            setting with this before it reads or writes anything.
+    """
+    if rule not in COMPONENT_RULES:
+        raise DataError(f"unknown component rule {rule!r} (keep_components): give one of {', '.join(COMPONENT_RULES)}")
+    return rule
+
+
 def keep_components(mask: np.ndarray, rule: str) -> np.ndarray:
     """``mask`` (any dimension; non-zero is foreground) after the component rule ``rule`` of
     :data:`COMPONENT_RULES`, as a boolean array of its shape.
 
     Raises:
-        ValueError: ``rule`` is not one of :data:`COMPONENT_RULES`, naming them.
+        DataError: ``rule`` is not one of :data:`COMPONENT_RULES` (:func:`check_component_rule`).
     """
-    if rule not in COMPONENT_RULES:
-        raise ValueError(f"unknown component rule {rule!r}: give one of {', '.join(COMPONENT_RULES)}")
-    return COMPONENT_RULES[rule](mask)
+    return COMPONENT_RULES[check_component_rule(rule)](mask)

@@ -9,7 +9,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from monai_pipeline.data.masks import COMPONENT_RULES, keep_components
+from monai_pipeline.data.masks import check_component_rule, keep_components
 
 __all__ = ["KeepComponentsd"]
 
@@ -18,27 +18,28 @@ class KeepComponentsd(MapTransform):
     """Keep the foreground components of a label map that a rule of
     :data:`~monai_pipeline.data.masks.COMPONENT_RULES` keeps; every other voxel becomes background (0).
 
-    The rules connect full neighbours (26 in 3D, 8 in 2D). On one patient's stacked slices (the brain bundle with
-    ``context_slices`` > 0: a ``(1, H, W, S)`` map per patient) they act in 3D over the patient, as Buda et al.
-    2019 and ``scripts/select_lgg_levers.py`` do; on single 2D slices they act per slice.
+    The rules connect full neighbours over the spatial axes (26 in 3D, 8 in 2D). On one patient's stacked slices
+    (the brain bundle: a ``(1, H, W, S)`` map per patient) they act in 3D over the patient, as Buda et al. 2019 and
+    ``scripts/select_lgg_levers.py`` do; on a single 2D slice ``(1, H, W)``, within the slice.
 
     Args:
-        keys: label-map key(s): ``(1, *spatial)`` or ``(*spatial)`` integer labels (after ``AsDiscreted(argmax)``),
-            a tensor (``MetaTensor`` kept, metadata and all) or an array; non-zero is foreground, labels kept as
-            they are.
+        keys: label-map key(s): ``(1, *spatial)`` labels, channel first, one channel (after
+            ``AsDiscreted(argmax=True)``), a tensor (a ``MetaTensor`` keeps its metadata) or an array; non-zero is
+            foreground; kept voxels keep their label, dtype and device.
         rule: ``"all"`` (no change, the default), ``"over10"`` (components with at least 10 % of the largest's
             voxels) or ``"largest"``.
         allow_missing_keys: as in MONAI.
 
     Raises:
-        ValueError: at construction, for a rule that is not one of the names above.
+        DataError: at construction, for a rule that is not one of the names above
+            (:func:`~monai_pipeline.data.masks.check_component_rule`).
+        ValueError: at call, for a map without exactly one channel (a one-hot or probability map: take the argmax
+            first).
     """
 
     def __init__(self, keys: KeysCollection, rule: str = "all", allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        if rule not in COMPONENT_RULES:
-            raise ValueError(f"keep_components {rule!r}: give one of {', '.join(COMPONENT_RULES)}")
-        self.rule = rule
+        self.rule = check_component_rule(rule)
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
@@ -46,10 +47,14 @@ class KeepComponentsd(MapTransform):
             return d
         for key in self.key_iterator(d):
             labels = d[key]
-            values = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-            kept = keep_components(values, self.rule)
+            if labels.ndim < 2 or labels.shape[0] != 1:
+                raise ValueError(f"KeepComponentsd: {key!r} has shape {tuple(labels.shape)}; it needs a label map "
+                                 "(1, *spatial), one channel: apply AsDiscreted(argmax=True) first")
+            foreground = labels != 0
             if isinstance(labels, torch.Tensor):
+                kept = keep_components(foreground[0].detach().cpu().numpy(), self.rule)[None]
                 d[key] = labels * torch.as_tensor(kept, device=labels.device).to(labels.dtype)
             else:
-                d[key] = values * kept.astype(values.dtype)
+                kept = keep_components(np.asarray(foreground)[0], self.rule)[None]
+                d[key] = np.asarray(labels) * kept.astype(np.asarray(labels).dtype)
         return d
