@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
@@ -50,11 +49,10 @@ class KeepComponentsd(MapTransform):
             if labels.ndim < 2 or labels.shape[0] != 1:
                 raise ValueError(f"KeepComponentsd: {key!r} has shape {tuple(labels.shape)}; it needs a label map "
                                  "(1, *spatial), one channel: apply AsDiscreted(argmax=True) first")
-            foreground = labels != 0
-            if isinstance(labels, torch.Tensor):
-                kept = keep_components(foreground[0].detach().cpu().numpy(), self.rule)[None]
-                d[key] = labels * torch.as_tensor(kept, device=labels.device).to(labels.dtype)
-            else:
-                kept = keep_components(np.asarray(foreground)[0], self.rule)[None]
-                d[key] = np.asarray(labels) * kept.astype(np.asarray(labels).dtype)
+            foreground = labels != 0  # on the tensor: also for dtypes NumPy lacks (bfloat16)
+            if isinstance(foreground, torch.Tensor):
+                foreground = foreground.detach().cpu().numpy()
+            kept = keep_components(foreground[0], self.rule)[None]
+            # a boolean factor keeps the labels' values and dtype (and a MetaTensor its metadata)
+            d[key] = labels * (torch.as_tensor(kept, device=labels.device) if isinstance(labels, torch.Tensor) else kept)
         return d
