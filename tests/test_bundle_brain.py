@@ -397,6 +397,36 @@ def test_per_patient_dice_hand_checked(tmp_path):
     assert proc.returncode == 2 and "PATC_1_mask.png: no label mask" in proc.stderr
 
 
+def test_threshold_foreground_is_the_argmax_at_one_half_and_the_lever_elsewhere():
+    """``ThresholdForegroundd``: two-class probabilities ``(2, *spatial)`` to a ``(1, *spatial)`` label map, 1 where
+    the foreground probability is above the threshold (as scripts/select_lgg_levers.py scores it); at 0.5 the
+    argmax's masks; the MetaTensor's metadata and the dtype stay, an array stays an array; a threshold outside (0, 1)
+    or a map without two channels is refused."""
+    from monai.data import MetaTensor
+    from monai.transforms import AsDiscreted
+
+    from monai_pipeline.errors import DataError
+    from monai_pipeline.transforms import ThresholdForegroundd
+
+    gen = torch.Generator().manual_seed(0)
+    prob = torch.randn(2, 32, 24, 5, generator=gen).mul(3).softmax(0)
+    affine = torch.diag(torch.tensor([2.0, 3.0, 4.0, 1.0]))
+    pred = MetaTensor(prob, affine=affine)
+    half = ThresholdForegroundd("pred")({"pred": pred})["pred"]
+    argmax = AsDiscreted("pred", argmax=True)({"pred": pred})["pred"]
+    assert isinstance(half, MetaTensor) and torch.equal(half.affine, affine) and half.shape == (1, 32, 24, 5)
+    assert half.dtype == argmax.dtype and torch.equal(half.as_tensor(), argmax.as_tensor())
+    low = ThresholdForegroundd("pred", 0.3)({"pred": pred})["pred"]
+    assert torch.equal(low[0].bool(), prob[1] > 0.3) and low.sum() > half.sum()  # more foreground, as asked
+    arr = ThresholdForegroundd("pred", 0.7)({"pred": prob.numpy()})["pred"]
+    assert isinstance(arr, np.ndarray) and arr.dtype == np.float32 and np.array_equal(arr[0] > 0, prob[1].numpy() > 0.7)
+    for bad in (0, 1, 1.5, -0.1, "half", True, None):
+        with pytest.raises(DataError, match=r"threshold .* \(prob_threshold\): give a number between 0 and 1"):
+            ThresholdForegroundd("pred", bad)
+    with pytest.raises(ValueError, match=r"shape \(1, 32, 24, 5\).*softmax"):
+        ThresholdForegroundd("pred")({"pred": half})
+
+
 # ---------------------------------------------------------------------------------------------- bundle
 def test_bundle_trains_and_evaluates_per_patient_on_slices(brain_trained, brain_slices):
     log = (brain_trained / "train.log").read_text()
@@ -555,7 +585,8 @@ def test_keep_components_in_inference_takes_each_patient_whole_without_slice_con
     """A model that reads each slice alone (``context_slices`` 0) still gets the component rule over the whole
     patient, as evaluate.json and the lever benchmark apply it: with ``keep_components`` other than ``all``,
     inference stacks each patient's slices, so its masks are the largest 3D component of the plain run's (per
-    patient). An unknown rule stops the run with one ``error:`` line before anything is written."""
+    patient). A lower ``prob_threshold`` grows the masks. An unknown rule or a threshold outside (0, 1) stops the
+    run with one ``error:`` line before anything is written."""
     from scipy import ndimage
 
     from monai_pipeline.data.masks import largest_component
@@ -571,6 +602,16 @@ def test_keep_components_in_inference_takes_each_patient_whole_without_slice_con
         proc = run_cmd(bundle("run", "--config_file", CFG_INFER, "--dataset_dir", str(brain_slices), "--output_dir",
                               str(tmp_path / rule), "--keep_components", rule, *BRAIN_TINY), cwd=root)
         assert f"inference summary: {cases} written, 0 skipped as done, 0 failed" in proc.stdout + proc.stderr
+    # --prob_threshold 0.2: each slice alone still; every plain mask's pixel stays and some pixels join
+    proc = run_cmd(bundle("run", "--config_file", CFG_INFER, "--dataset_dir", str(brain_slices), "--output_dir",
+                          str(tmp_path / "low"), "--prob_threshold", "0.2", *BRAIN_TINY), cwd=root)
+    assert f"inference summary: {n_slices} written, 0 skipped as done, 0 failed" in proc.stdout + proc.stderr
+    grown = 0
+    for f in sorted((tmp_path / "all").glob("*_mask.png")):
+        plain, low = (np.asarray(Image.open(tmp_path / run / f.name)) > 0 for run in ("all", "low"))
+        assert not (plain & ~low).any(), f.name
+        grown += int((low & ~plain).sum())
+    assert grown  # a 2-epoch model has pixels with a tumour probability between 0.2 and 0.5
     for folder in patients:
         names = sorted((f.stem for f in folder.glob("*.tif") if not f.stem.endswith("_mask")),
                        key=lambda n: int(n.rsplit("_", 1)[1]))
@@ -580,6 +621,10 @@ def test_keep_components_in_inference_takes_each_patient_whole_without_slice_con
     proc = run_cmd(bundle("run", "--config_file", CFG_INFER, "--dataset_dir", str(brain_slices), "--output_dir",
                           str(tmp_path / "bad"), "--keep_components", "biggest", *BRAIN_TINY), cwd=root, check=False)
     assert proc.returncode != 0 and "error: unknown component rule 'biggest' (keep_components)" in proc.stdout + proc.stderr
+    assert not (tmp_path / "bad").exists()
+    proc = run_cmd(bundle("run", "--config_file", CFG_INFER, "--dataset_dir", str(brain_slices), "--output_dir",
+                          str(tmp_path / "bad"), "--prob_threshold", "1.5", *BRAIN_TINY), cwd=root, check=False)
+    assert proc.returncode != 0 and "error: foreground probability threshold 1.5 (prob_threshold)" in proc.stdout + proc.stderr
     assert not (tmp_path / "bad").exists()
 
 

@@ -112,12 +112,18 @@ def test_readme_dicom_commands_run_as_printed(trained, tmp_path):
     assert (tmp_path / "runs" / "lung" / "slicer_nsclc" / case / f"{case}.seg.nrrd").is_file()
 
 
+#: the fold result of the brain bundle's shipped model and the levers its selection patients chose over the over10 grid
+BRAIN_SHIPPED_RESULT = "lgg_cv25d_fold0.json"
+BRAIN_SHIPPED_LEVERS = "lgg_cv25dcc_levers_fold0.json"
+
+
 def test_brain_docs_real_patient_commands_run_as_printed(tmp_path):
     """The brain README's "segment a real LGG patient with the shipped model" blocks, as printed, from a copy of the
     bundle as shipped (its models/model.pt; the channels come from its contract): every slice of the patient gets
-    a mask, the patient's Dice is the one benchmarks/results/lgg_cv25d_fold0.json recorded for that model, and with
-    the levers the shipped model's selection patients chose (flip TTA, the largest 3D component) the one the lever
-    benchmark (scripts/select_lgg_levers.py) recorded for it: the bundle applies them as the benchmark does."""
+    a mask, the patient's Dice is the one the shipped model's fold result (``BRAIN_SHIPPED_RESULT``) recorded, and
+    with the levers the shipped model's selection patients chose (``BRAIN_SHIPPED_LEVERS``: flip TTA, threshold,
+    component rule, each given on the command line unless it is the default) the one the lever benchmark
+    (scripts/select_lgg_levers.py) recorded for it: the bundle applies them as the benchmark does."""
     import json
 
     cmds = [c for c in doc_commands(BRAIN_BUNDLE) if REAL_DATA in c]
@@ -132,16 +138,24 @@ def test_brain_docs_real_patient_commands_run_as_printed(tmp_path):
         words = shlex.split(cmd.replace(REAL_DATA, str(SHARED_DATA)))  # where ../shared/data is from this copy
         words[0] = str(VENV_BIN / words[0]) if (VENV_BIN / words[0]).exists() else words[0]
         run_cmd(words, cwd=cwd, timeout=600)
+    levers = json.loads((ROOT / "benchmarks" / "results" / BRAIN_SHIPPED_LEVERS).read_text())
+    chosen = levers["chosen"]
     levers_cmd = shlex.split(cmds[2])
-    assert levers_cmd[levers_cmd.index("--tta_flips") + 1] == "[[0]]"
-    assert levers_cmd[levers_cmd.index("--keep_components") + 1] == "largest"
+    given = {k: levers_cmd[levers_cmd.index(f"--{k}") + 1] for k in ("tta_flips", "prob_threshold", "keep_components")
+             if f"--{k}" in levers_cmd}
+    expected = {k: v for k, v, default in (("tta_flips", json.dumps(chosen["flips"]), "[]"),
+                                           ("prob_threshold", str(chosen["threshold"]), "0.5"),
+                                           ("keep_components", chosen["components"], "all")) if v != default}
+    assert given == expected and expected, (given, chosen)
     slices = sorted(p.stem for p in source.glob("*.tif") if not p.stem.endswith("_mask"))
     for out in (patient, f"{patient}_levers"):
         assert sorted(p.name for p in (cwd / "eval" / out).glob("*_mask.png")) == sorted(f"{s}_mask.png" for s in slices)
     scores = {out: json.loads((cwd / "eval" / f"{out}_scores" / "metrics.json").read_text())["mean_patient_dice"]
               for out in (patient, f"{patient}_levers")}
     readme = (BRAIN_BUNDLE / "docs" / "README.md").read_text()
-    result = "lgg_cv25d_fold0.json"  # the shipped model's fold result
+    result = BRAIN_SHIPPED_RESULT
+    meta = json.loads((BRAIN_BUNDLE / "configs" / "metadata.json").read_text())
+    assert meta["eval_metrics"]["source"] == f"benchmarks/results/{result}"  # the figures the bundle ships with
     recorded = json.loads((ROOT / "benchmarks" / "results" / result).read_text())
     assert patient.rsplit("_", 1)[0] in recorded["val_patients"]  # a patient the shipped model never trained on
     assert abs(scores[patient] - recorded["patient_dice_from_png_masks"][patient]) < 1e-3
@@ -150,10 +164,9 @@ def test_brain_docs_real_patient_commands_run_as_printed(tmp_path):
     assert quoted and quoted.group(2) == result, "the docs must quote the shipped model's result file"
     assert float(quoted.group(1)) == round(recorded["patient_dice_from_png_masks"][patient], 3)
 
-    levers_file = "lgg_cv25dcc_levers_fold0.json"  # the levers chosen for the shipped model on its selection patients
-    levers = json.loads((ROOT / "benchmarks" / "results" / levers_file).read_text())
-    assert levers["model_dir"] == "runs/lgg_cv25d/fold0/models" and levers["fold_result_mean_dice"] == recorded["mean_patient_dice"]
-    assert (levers["chosen"]["flips"], levers["chosen"]["threshold"], levers["chosen"]["components"]) == ([[0]], 0.5, "largest")
+    levers_file = BRAIN_SHIPPED_LEVERS
+    recipe = result.removeprefix("lgg_").removesuffix("_fold0.json")
+    assert levers["model_dir"] == f"runs/lgg_{recipe}/fold0/models" and levers["fold_result_mean_dice"] == recorded["mean_patient_dice"]
     chosen = next(p["chosen"] for p in levers["per_patient"] if p["patient"] == patient.rsplit("_", 1)[0])
     assert abs(scores[f"{patient}_levers"] - chosen) < 1e-3
     quoted = re.search(r"the\s+same\s+patient\s+scores\s+(0\.\d+)\s+\(as\s+in\s+`benchmarks/results/([\w.]+)`", readme)

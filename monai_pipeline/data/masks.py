@@ -85,6 +85,24 @@ def check_component_rule(rule: str) -> str:
     return rule
 
 
+def check_foreground_threshold(threshold: float) -> float:
+    """``threshold`` as a float when it lies strictly between 0 and 1: a foreground probability above it is
+    foreground (0.5 is the argmax's decision for two classes).
+
+    Raises:
+        DataError: (a ``ValueError``) it is not a number in (0, 1); a bundle run checks its ``prob_threshold``
+            setting with this before it reads or writes anything.
+    """
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(threshold, bool) or not 0.0 < value < 1.0:
+        raise DataError(f"foreground probability threshold {threshold!r} (prob_threshold): give a number between 0 "
+                        "and 1, such as 0.5 (the argmax) or the threshold scripts/select_lgg_levers.py chose")
+    return value
+
+
 def keep_components(mask: np.ndarray, rule: str) -> np.ndarray:
     """``mask`` (any dimension; non-zero is foreground) after the component rule ``rule`` of
     :data:`COMPONENT_RULES`, as a boolean array of its shape.

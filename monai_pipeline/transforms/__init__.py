@@ -8,10 +8,11 @@ MONAI class by MONAI class, so a config reads as the pipeline. Configs name thes
 - :mod:`~monai_pipeline.transforms.ct`: body and lung region of a CT;
 - :mod:`~monai_pipeline.transforms.slices`: brain MRI slice stacks and their normalisation;
 - :mod:`~monai_pipeline.transforms.resample`: predictions back onto the source grid;
-- :mod:`~monai_pipeline.transforms.components`: connected-component post-processing of a mask, by rule name.
+- :mod:`~monai_pipeline.transforms.components`: a mask from probabilities: the foreground threshold, then the
+  connected components kept, by rule name.
 """
 
-from monai_pipeline.transforms.components import KeepComponentsd
+from monai_pipeline.transforms.components import KeepComponentsd, ThresholdForegroundd
 from monai_pipeline.transforms.ct import BodyRegion, LungRegion
 from monai_pipeline.transforms.load import LoadVolumed
 from monai_pipeline.transforms.resample import ResampleToSourced
@@ -19,4 +20,5 @@ from monai_pipeline.transforms.slices import (SLICE_STACK_AFFINE, BrainNormalize
                                              RandCopyChanneld, SliceContextd)
 
 __all__ = ["LoadVolumed", "BodyRegion", "LungRegion", "ResampleToSourced", "LoadBrainImaged", "BrainNormalized", "BrainSlicesd",
-           "RandCopyChanneld", "SliceContextd", "SLICE_STACK_AFFINE", "KeepComponentsd"]
+           "RandCopyChanneld", "SliceContextd", "SLICE_STACK_AFFINE", "KeepComponentsd",
+           "ThresholdForegroundd"]

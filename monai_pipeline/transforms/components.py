@@ -1,4 +1,5 @@
-"""Connected-component post-processing of a label map, by rule name (what the LGG lever benchmark chooses)."""
+"""Post-processing of a segmentation into a mask, by the settings the LGG lever benchmark chooses: the foreground
+probability threshold and the connected components kept (a rule name)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,48 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from monai_pipeline.data.masks import check_component_rule, keep_components
+from monai_pipeline.data.masks import check_component_rule, check_foreground_threshold, keep_components
 
-__all__ = ["KeepComponentsd"]
+__all__ = ["ThresholdForegroundd", "KeepComponentsd"]
+
+
+class ThresholdForegroundd(MapTransform):
+    """Two-class probabilities to a label map: 1 where the foreground probability is above ``threshold``, else 0.
+
+    At 0.5 this is ``AsDiscreted(argmax=True)`` for a two-class softmax (up to exact ties, which the argmax gives
+    to the background, as ``>`` does); another threshold is the lever ``scripts/select_lgg_levers.py`` chooses on
+    a fold's selection patients, applied the way it scores it (``probability > threshold``).
+
+    Args:
+        keys: probability key(s): ``(2, *spatial)``, channel first, channel 1 the foreground's probability (after
+            ``Activationsd(softmax=True)``), a tensor (a ``MetaTensor`` keeps its metadata) or an array.
+        threshold: in (0, 1); 0.5 by default.
+        allow_missing_keys: as in MONAI.
+
+    Returns:
+        the data with each key a ``(1, *spatial)`` label map of the probabilities' type and dtype (0.0 / 1.0).
+
+    Raises:
+        DataError: at construction, for a threshold outside (0, 1)
+            (:func:`~monai_pipeline.data.masks.check_foreground_threshold`).
+        ValueError: at call, for a map without exactly two channels (a label map, or more classes than two).
+    """
+
+    def __init__(self, keys: KeysCollection, threshold: float = 0.5, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.threshold = check_foreground_threshold(threshold)
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            prob = d[key]
+            if prob.ndim < 2 or prob.shape[0] != 2:
+                raise ValueError(f"ThresholdForegroundd: {key!r} has shape {tuple(prob.shape)}; it needs two-class "
+                                 "probabilities (2, *spatial): apply Activationsd(softmax=True) to the two-class "
+                                 "output first")
+            foreground = prob[1:] > self.threshold  # (1, *spatial), a MetaTensor keeps its metadata
+            d[key] = foreground.to(prob.dtype) if isinstance(prob, torch.Tensor) else foreground.astype(prob.dtype)
+        return d
 
 
 class KeepComponentsd(MapTransform):
