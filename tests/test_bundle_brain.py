@@ -416,6 +416,8 @@ def test_threshold_foreground_is_the_argmax_at_one_half_and_the_lever_elsewhere(
     argmax = AsDiscreted("pred", argmax=True)({"pred": pred})["pred"]
     assert isinstance(half, MetaTensor) and torch.equal(half.affine, affine) and half.shape == (1, 32, 24, 5)
     assert half.dtype == argmax.dtype and torch.equal(half.as_tensor(), argmax.as_tensor())
+    tie = ThresholdForegroundd("pred")({"pred": torch.full((2, 3, 3), 0.5)})["pred"]
+    assert not tie.any()  # an exact tie is background, as the argmax makes it
     low = ThresholdForegroundd("pred", 0.3)({"pred": pred})["pred"]
     assert torch.equal(low[0].bool(), prob[1] > 0.3) and low.sum() > half.sum()  # more foreground, as asked
     arr = ThresholdForegroundd("pred", 0.7)({"pred": prob.numpy()})["pred"]
@@ -425,6 +427,21 @@ def test_threshold_foreground_is_the_argmax_at_one_half_and_the_lever_elsewhere(
             ThresholdForegroundd("pred", bad)
     with pytest.raises(ValueError, match=r"shape \(1, 32, 24, 5\).*softmax"):
         ThresholdForegroundd("pred")({"pred": half})
+
+
+def test_brain_postprocessing_applies_the_levers_in_the_benchmarks_order():
+    """inference.json and evaluate.json turn the network's output into a mask as scripts/select_lgg_levers.py
+    scores it: softmax (of the flips' mean), back onto the slice's grid (Invertd, linear), the threshold, then the
+    component rule; multi_gpu_inference.json runs inference.json's checks (threshold and rule included) too."""
+    cfg = BRAIN_BUNDLE / "configs"
+    for name in ("inference.json", "evaluate.json"):
+        chain = json.loads((cfg / name).read_text())["postprocessing"]["transforms"]
+        targets = [t["_target_"].rsplit(".", 1)[-1] for t in chain]
+        assert targets[:4] == ["Activationsd", "Invertd", "ThresholdForegroundd", "KeepComponentsd"], (name, targets)
+        assert chain[0]["softmax"] and not chain[1]["nearest_interp"] and chain[2]["threshold"] == "@prob_threshold"
+    inference = json.loads((cfg / "inference.json").read_text())["initialize"]
+    multi = json.loads((cfg / "multi_gpu_inference.json").read_text())["initialize"]
+    assert multi == ["$@device", *inference]
 
 
 # ---------------------------------------------------------------------------------------------- bundle
@@ -467,6 +484,21 @@ def test_bundle_trains_and_evaluates_per_patient_on_slices(brain_trained, brain_
         assert kept.any() and np.array_equal(kept, largest_component(plain, full_connectivity=True))
         specks += ndimage.label(plain, np.ones((3, 3, 3)))[1] > 1
     assert specks  # the 3-epoch model scatters specks on some patient: the rule had something to remove
+
+    # --prob_threshold 0.2: the plain masks grow, and MONAI's Dice is still that of the written masks
+    run_cmd(bundle("run", "--config_file", CFG_EVAL, "--dataset_dir", str(brain_slices), "--val_fraction", "0.34",
+                   "--prob_threshold", "0.2", "--output_dir", "eval_low", *BRAIN_TINY), cwd=brain_trained)
+    low = brain_trained / "eval_low"
+    raw = (low / "val_mean_dice_raw.csv").read_text().splitlines()
+    _, patients = score_slice_folders(low / "predictions", brain_slices)
+    assert {p["patient"]: p["dice"] for p in patients} == pytest.approx(
+        {Path(r.split(",")[0]).parent.name: float(r.split(",")[-1]) for r in raw[1:]}, abs=1e-5)
+    grown = 0
+    for f in sorted((out / "predictions").glob("*_mask.png")):
+        plain, lower = (np.asarray(Image.open(run / "predictions" / f.name)) > 0 for run in (out, low))
+        assert not (plain & ~lower).any(), f.name
+        grown += int((lower & ~plain).sum())
+    assert grown
 
 
 def test_slice_inference_keeps_each_size_and_skips_a_bad_slice(brain_trained, brain_slices, tmp_path):

@@ -141,12 +141,11 @@ def test_brain_docs_real_patient_commands_run_as_printed(tmp_path):
     levers = json.loads((ROOT / "benchmarks" / "results" / BRAIN_SHIPPED_LEVERS).read_text())
     chosen = levers["chosen"]
     levers_cmd = shlex.split(cmds[2])
-    given = {k: levers_cmd[levers_cmd.index(f"--{k}") + 1] for k in ("tta_flips", "prob_threshold", "keep_components")
-             if f"--{k}" in levers_cmd}
-    expected = {k: v for k, v, default in (("tta_flips", json.dumps(chosen["flips"]), "[]"),
-                                           ("prob_threshold", str(chosen["threshold"]), "0.5"),
+    parse = {"tta_flips": json.loads, "prob_threshold": float, "keep_components": str}
+    given = {k: parse[k](levers_cmd[levers_cmd.index(f"--{k}") + 1]) for k in parse if f"--{k}" in levers_cmd}
+    expected = {k: v for k, v, default in (("tta_flips", chosen["flips"], []), ("prob_threshold", chosen["threshold"], 0.5),
                                            ("keep_components", chosen["components"], "all")) if v != default}
-    assert given == expected and expected, (given, chosen)
+    assert given == expected and expected, (given, chosen)  # each lever not at its default, and only those
     slices = sorted(p.stem for p in source.glob("*.tif") if not p.stem.endswith("_mask"))
     for out in (patient, f"{patient}_levers"):
         assert sorted(p.name for p in (cwd / "eval" / out).glob("*_mask.png")) == sorted(f"{s}_mask.png" for s in slices)
@@ -167,10 +166,10 @@ def test_brain_docs_real_patient_commands_run_as_printed(tmp_path):
     levers_file = BRAIN_SHIPPED_LEVERS
     recipe = result.removeprefix("lgg_").removesuffix("_fold0.json")
     assert levers["model_dir"] == f"runs/lgg_{recipe}/fold0/models" and levers["fold_result_mean_dice"] == recorded["mean_patient_dice"]
-    chosen = next(p["chosen"] for p in levers["per_patient"] if p["patient"] == patient.rsplit("_", 1)[0])
-    assert abs(scores[f"{patient}_levers"] - chosen) < 1e-3
+    with_levers = next(p["chosen"] for p in levers["per_patient"] if p["patient"] == patient.rsplit("_", 1)[0])
+    assert abs(scores[f"{patient}_levers"] - with_levers) < 1e-3
     quoted = re.search(r"the\s+same\s+patient\s+scores\s+(0\.\d+)\s+\(as\s+in\s+`benchmarks/results/([\w.]+)`", readme)
-    assert quoted and quoted.group(2) == levers_file and float(quoted.group(1)) == round(chosen, 3)
+    assert quoted and quoted.group(2) == levers_file and float(quoted.group(1)) == round(with_levers, 3)
 
 
 ZOO_SECTIONS = ["Overview", "Data", "Training configuration", "Performance", "System requirements", "Commands",

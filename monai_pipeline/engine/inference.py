@@ -451,7 +451,7 @@ class InferenceProgress:
 class SaveMaskd:
     """Dictionary transform: write ``data[key]`` with the geometry of the file ``data[source_key]`` came from.
 
-    Use after ``Invertd`` and ``AsDiscreted(argmax=True)`` so the mask is on the source grid.
+    Use after ``Invertd`` and ``AsDiscreted(argmax=True)`` (or ``ThresholdForegroundd``) so the mask is on the source grid.
 
     Args:
         keys: key(s) of the mask(s), ``(1, *spatial)`` or ``(*spatial)`` arrays or tensors.

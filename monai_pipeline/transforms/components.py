@@ -17,8 +17,8 @@ __all__ = ["ThresholdForegroundd", "KeepComponentsd"]
 class ThresholdForegroundd(MapTransform):
     """Two-class probabilities to a label map: 1 where the foreground probability is above ``threshold``, else 0.
 
-    At 0.5 this is ``AsDiscreted(argmax=True)`` for a two-class softmax (up to exact ties, which the argmax gives
-    to the background, as ``>`` does); another threshold is the lever ``scripts/select_lgg_levers.py`` chooses on
+    At 0.5 this is ``AsDiscreted(argmax=True)`` for a two-class softmax, up to rounding where the probability is
+    0.5 (an exact tie goes to the background in both); another threshold is the lever ``scripts/select_lgg_levers.py`` chooses on
     a fold's selection patients, applied the way it scores it (``probability > threshold``).
 
     Args:
@@ -63,7 +63,7 @@ class KeepComponentsd(MapTransform):
 
     Args:
         keys: label-map key(s): ``(1, *spatial)`` labels, channel first, one channel (after
-            ``AsDiscreted(argmax=True)``), a tensor (a ``MetaTensor`` keeps its metadata) or an array; non-zero is
+            :class:`ThresholdForegroundd` or ``AsDiscreted(argmax=True)``), a tensor (a ``MetaTensor`` keeps its metadata) or an array; non-zero is
             foreground; kept voxels keep their label, dtype and device.
         rule: ``"all"`` (no change, the default), ``"over10"`` (components with at least 10 % of the largest's
             voxels) or ``"largest"``.
@@ -72,8 +72,8 @@ class KeepComponentsd(MapTransform):
     Raises:
         DataError: at construction, for a rule that is not one of the names above
             (:func:`~monai_pipeline.data.masks.check_component_rule`).
-        ValueError: at call, for a map without exactly one channel (a one-hot or probability map: take the argmax
-            first).
+        ValueError: at call, for a map without exactly one channel (a one-hot or probability map: threshold it or
+            take the argmax first).
     """
 
     def __init__(self, keys: KeysCollection, rule: str = "all", allow_missing_keys: bool = False) -> None:
@@ -88,7 +88,7 @@ class KeepComponentsd(MapTransform):
             labels = d[key]
             if labels.ndim < 2 or labels.shape[0] != 1:
                 raise ValueError(f"KeepComponentsd: {key!r} has shape {tuple(labels.shape)}; it needs a label map "
-                                 "(1, *spatial), one channel: apply AsDiscreted(argmax=True) first")
+                                 "(1, *spatial), one channel: apply ThresholdForegroundd or AsDiscreted(argmax=True) first")
             foreground = labels != 0  # on the tensor: also for dtypes NumPy lacks (bfloat16)
             if isinstance(foreground, torch.Tensor):
                 foreground = foreground.detach().cpu().numpy()
