@@ -330,13 +330,16 @@ def test_flair_copies_replace_other_channels_at_the_rate_asked():
     assert enabled(flair_copy_prob=0.2, channels=[0, 1, 2]) == [0.2] and enabled(channels=[0, 1, 2]) == []
 
 
-def test_contrast_augmentation_is_off_by_default_and_follows_its_settings():
+def test_contrast_augmentation_is_the_shipped_recipes_and_follows_its_settings():
     """``contrast_prob`` > 0 adds a random gamma (``contrast_gamma``, on the image's own range) to the training
-    augmentation; at 0, the default, the chain is the one earlier models trained with (no extra random draw)."""
+    augmentation: by default 0.3 on gammas 0.7-1.5, the ``cvaug`` recipe the shipped model trained with; at 0 the
+    chain is the one the ``cv25d`` models (0.8.x) trained with (no extra random draw)."""
     import torch
     from monai.transforms import RandAdjustContrastd
 
-    assert _train_augmentations(RandAdjustContrastd) == []
+    (default,) = _train_augmentations(RandAdjustContrastd)
+    assert default.prob == 0.3 and default.adjuster.gamma == (0.7, 1.5)
+    assert _train_augmentations(RandAdjustContrastd, contrast_prob=0) == []
     (t,) = _train_augmentations(RandAdjustContrastd, contrast_prob=0.3, contrast_gamma=[0.5, 0.6])
     assert t.prob == 0.3 and t.adjuster.gamma == (0.5, 0.6)
     t.set_random_state(0)

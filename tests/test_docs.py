@@ -113,8 +113,8 @@ def test_readme_dicom_commands_run_as_printed(trained, tmp_path):
 
 
 #: the fold result of the brain bundle's shipped model and the levers its selection patients chose over the over10 grid
-BRAIN_SHIPPED_RESULT = "lgg_cv25d_fold0.json"
-BRAIN_SHIPPED_LEVERS = "lgg_cv25dcc_levers_fold0.json"
+BRAIN_SHIPPED_RESULT = "lgg_cvaugship_fold0.json"
+BRAIN_SHIPPED_LEVERS = "lgg_cvaugshipcc_levers_fold0.json"
 
 
 def test_brain_docs_real_patient_commands_run_as_printed(tmp_path):
@@ -146,6 +146,11 @@ def test_brain_docs_real_patient_commands_run_as_printed(tmp_path):
     expected = {k: v for k, v, default in (("tta_flips", chosen["flips"], []), ("prob_threshold", chosen["threshold"], 0.5),
                                            ("keep_components", chosen["components"], "all")) if v != default}
     assert given == expected and expected, (given, chosen)  # each lever not at its default, and only those
+    rule = {"all": "every component", "over10": "every 3D component with 10 % of the largest's voxels",
+            "largest": "the largest 3D component of the patient's stacked slices"}[chosen["components"]]
+    described = f"{'flip TTA' if chosen['flips'] else 'no flip'}, threshold {chosen['threshold']}, {rule}"
+    prose = " ".join((BRAIN_BUNDLE / "docs" / "README.md").read_text().split())
+    assert prose.count(f"selection patients chose ({described}") == 2, described  # Performance and this example
     slices = sorted(p.stem for p in source.glob("*.tif") if not p.stem.endswith("_mask"))
     for out in (patient, f"{patient}_levers"):
         assert sorted(p.name for p in (cwd / "eval" / out).glob("*_mask.png")) == sorted(f"{s}_mask.png" for s in slices)
