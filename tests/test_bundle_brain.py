@@ -447,6 +447,19 @@ def test_brain_postprocessing_applies_the_levers_in_the_benchmarks_order():
     assert multi == ["$@device", *inference]
 
 
+def _evaluate_scoring_its_masks(root: Path, data: Path, name: str, *options: str) -> Path:
+    """Run evaluate.json on the trained bundle ``root`` into ``root/name`` with ``options``; MONAI's per-patient Dice
+    must equal ours on the PNG masks it wrote. Returns the output folder."""
+    run_cmd(bundle("run", "--config_file", CFG_EVAL, "--dataset_dir", str(data), "--val_fraction", "0.34", *options,
+                   "--output_dir", name, *BRAIN_TINY), cwd=root)
+    out = root / name
+    raw = (out / "val_mean_dice_raw.csv").read_text().splitlines()
+    _, patients = score_slice_folders(out / "predictions", data)
+    assert {p["patient"]: p["dice"] for p in patients} == pytest.approx(
+        {Path(r.split(",")[0]).parent.name: float(r.split(",")[-1]) for r in raw[1:]}, abs=1e-5)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- bundle
 def test_bundle_trains_and_evaluates_per_patient_on_slices(brain_trained, brain_slices):
     log = (brain_trained / "train.log").read_text()
@@ -472,13 +485,7 @@ def test_bundle_trains_and_evaluates_per_patient_on_slices(brain_trained, brain_
 
     from monai_pipeline.data.masks import largest_component
 
-    run_cmd(bundle("run", "--config_file", CFG_EVAL, "--dataset_dir", str(brain_slices), "--val_fraction", "0.34",
-                   "--keep_components", "largest", "--output_dir", "eval_largest", *BRAIN_TINY), cwd=brain_trained)
-    largest = brain_trained / "eval_largest"
-    raw = (largest / "val_mean_dice_raw.csv").read_text().splitlines()
-    _, patients = score_slice_folders(largest / "predictions", brain_slices)
-    assert {p["patient"]: p["dice"] for p in patients} == pytest.approx(
-        {Path(r.split(",")[0]).parent.name: float(r.split(",")[-1]) for r in raw[1:]}, abs=1e-5)
+    largest = _evaluate_scoring_its_masks(brain_trained, brain_slices, "eval_largest", "--keep_components", "largest")
     specks = 0
     for patient in monai_dice:
         files = sorted((largest / "predictions").glob(f"{patient}_*_mask.png"), key=lambda f: int(f.stem.split("_")[-2]))
@@ -489,13 +496,7 @@ def test_bundle_trains_and_evaluates_per_patient_on_slices(brain_trained, brain_
     assert specks  # the 3-epoch model scatters specks on some patient: the rule had something to remove
 
     # --prob_threshold 0.2: the plain masks grow, and MONAI's Dice is still that of the written masks
-    run_cmd(bundle("run", "--config_file", CFG_EVAL, "--dataset_dir", str(brain_slices), "--val_fraction", "0.34",
-                   "--prob_threshold", "0.2", "--output_dir", "eval_low", *BRAIN_TINY), cwd=brain_trained)
-    low = brain_trained / "eval_low"
-    raw = (low / "val_mean_dice_raw.csv").read_text().splitlines()
-    _, patients = score_slice_folders(low / "predictions", brain_slices)
-    assert {p["patient"]: p["dice"] for p in patients} == pytest.approx(
-        {Path(r.split(",")[0]).parent.name: float(r.split(",")[-1]) for r in raw[1:]}, abs=1e-5)
+    low = _evaluate_scoring_its_masks(brain_trained, brain_slices, "eval_low", "--prob_threshold", "0.2")
     grown = 0
     for f in sorted((out / "predictions").glob("*_mask.png")):
         plain, lower = (np.asarray(Image.open(run / "predictions" / f.name)) > 0 for run in (out, low))
