@@ -18,8 +18,9 @@ class ThresholdForegroundd(MapTransform):
     """Two-class probabilities to a label map: 1 where the foreground probability is above ``threshold``, else 0.
 
     At 0.5 this is ``AsDiscreted(argmax=True)`` for a two-class softmax, up to rounding where the probability is
-    0.5 (an exact tie goes to the background in both); another threshold is the lever ``scripts/select_lgg_levers.py`` chooses on
-    a fold's selection patients, applied the way it scores it (``probability > threshold``).
+    0.5 (an exact tie goes to the background in both); another threshold is the lever
+    ``scripts/select_lgg_levers.py`` chooses on a fold's selection patients, applied the way it scores it
+    (``probability > threshold``).
 
     Args:
         keys: probability key(s): ``(2, *spatial)``, channel first, channel 1 the foreground's probability (after
@@ -63,8 +64,8 @@ class KeepComponentsd(MapTransform):
 
     Args:
         keys: label-map key(s): ``(1, *spatial)`` labels, channel first, one channel (after
-            :class:`ThresholdForegroundd` or ``AsDiscreted(argmax=True)``), a tensor (a ``MetaTensor`` keeps its metadata) or an array; non-zero is
-            foreground; kept voxels keep their label, dtype and device.
+            :class:`ThresholdForegroundd` or ``AsDiscreted(argmax=True)``), a tensor (a ``MetaTensor`` keeps its
+            metadata) or an array; non-zero is foreground; kept voxels keep their label, dtype and device.
         rule: ``"all"`` (no change, the default), ``"over10"`` (components with at least 10 % of the largest's
             voxels) or ``"largest"``.
         allow_missing_keys: as in MONAI.
@@ -88,7 +89,8 @@ class KeepComponentsd(MapTransform):
             labels = d[key]
             if labels.ndim < 2 or labels.shape[0] != 1:
                 raise ValueError(f"KeepComponentsd: {key!r} has shape {tuple(labels.shape)}; it needs a label map "
-                                 "(1, *spatial), one channel: apply ThresholdForegroundd or AsDiscreted(argmax=True) first")
+                                 "(1, *spatial), one channel: apply ThresholdForegroundd or "
+                                 "AsDiscreted(argmax=True) first")
             foreground = labels != 0  # on the tensor: also for dtypes NumPy lacks (bfloat16)
             if isinstance(foreground, torch.Tensor):
                 foreground = foreground.detach().cpu().numpy()
