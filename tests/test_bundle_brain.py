@@ -621,7 +621,8 @@ def test_keep_components_in_inference_takes_each_patient_whole_without_slice_con
     """A model that reads each slice alone (``context_slices`` 0) still gets the component rule over the whole
     patient, as evaluate.json and the lever benchmark apply it: with ``keep_components`` other than ``all``,
     inference stacks each patient's slices, so its masks are the largest 3D component of the plain run's (per
-    patient). A lower ``prob_threshold`` grows the masks. An unknown rule or a threshold outside (0, 1) stops the
+    patient). A lower ``prob_threshold`` grows the masks, and the default threshold again into that folder remakes
+    them all (the recorded settings changed), then skips them (the same settings). An unknown rule or a threshold outside (0, 1) stops the
     run with one ``error:`` line before anything is written."""
     from scipy import ndimage
 
@@ -654,6 +655,15 @@ def test_keep_components_in_inference_takes_each_patient_whole_without_slice_con
         plain, kept = (np.stack([np.asarray(Image.open(tmp_path / rule / f"{n}_mask.png")) > 0 for n in names], -1)
                        for rule in ("all", "largest"))
         assert np.array_equal(kept, largest_component(plain, full_connectivity=True)), folder.name
+    # the default threshold again into the low-threshold folder: every mask is made again, as the plain run's
+    for again, (written, skipped) in enumerate(((n_slices, 0), (0, n_slices))):
+        proc = run_cmd(bundle("run", "--config_file", CFG_INFER, "--dataset_dir", str(brain_slices), "--output_dir",
+                              str(tmp_path / "low"), *BRAIN_TINY), cwd=root)
+        log = proc.stdout + proc.stderr
+        assert f"inference summary: {written} written, {skipped} skipped as done, 0 failed" in log
+        assert ("prob_threshold: 0.2 -> 0.5" in log) == (again == 0)
+    for f in sorted((tmp_path / "all").glob("*_mask.png")):
+        assert (f.read_bytes() == (tmp_path / "low" / f.name).read_bytes()), f.name
     proc = run_cmd(bundle("run", "--config_file", CFG_INFER, "--dataset_dir", str(brain_slices), "--output_dir",
                           str(tmp_path / "bad"), "--keep_components", "biggest", *BRAIN_TINY), cwd=root, check=False)
     assert proc.returncode != 0 and "error: unknown component rule 'biggest' (keep_components)" in proc.stdout + proc.stderr
@@ -661,7 +671,7 @@ def test_keep_components_in_inference_takes_each_patient_whole_without_slice_con
     proc = run_cmd(bundle("run", "--config_file", CFG_INFER, "--dataset_dir", str(brain_slices), "--output_dir",
                           str(tmp_path / "bad"), "--prob_threshold", "1.5", *BRAIN_TINY), cwd=root, check=False)
     assert proc.returncode != 0 and "error: foreground probability threshold 1.5 (prob_threshold)" in proc.stdout + proc.stderr
-    assert not (tmp_path / "bad").exists()
+    assert not (tmp_path / "bad").exists() and not (tmp_path / ".bad.monai-pipeline.settings.json").exists()
 
 
 def test_real_brats_volume_through_the_slice_model(brain_trained, tmp_path):

@@ -19,7 +19,7 @@ import pytest
 from conftest import TINY, VENV_BIN, run_cmd
 from monai_pipeline.errors import DataError
 from monai_pipeline.io.images import write_mask_like
-from monai_pipeline.engine.inference import existing_mask_problem, pending
+from monai_pipeline.engine.inference import existing_mask_problem, pending, settings_path
 from monai_pipeline.io.images import write_nifti
 
 CLI = str(VENV_BIN / "monai-pipeline")
@@ -118,6 +118,52 @@ def test_pending_skips_done_redoes_damaged_and_lists_rejected(tmp_path):
     assert pending([str(srcs[3]), str(srcs[0])], out).done  # bad one plus a done one: no error
     with pytest.raises(DataError, match="outputs would collide"):
         pending([str(srcs[0]), str(_phantom(tmp_path / "other" / "c0.nii.gz"))], out)
+
+
+def test_other_inference_settings_redo_every_mask_and_an_interrupted_run_resumes(tmp_path, caplog):
+    """The settings that decide a mask besides the model are recorded beside the folder. Other settings redo every
+    mask (with one warning naming what changed); the same settings again skip the masks made since the record, and
+    redo the older ones (a run with new settings that was interrupted)."""
+    srcs = [_phantom(tmp_path / "in" / f"c{i}.nii.gz", seed=i) for i in range(3)]
+    out = tmp_path / "out"
+
+    def write(*names):
+        for s in srcs:
+            if s.name.split(".")[0] in names:
+                write_mask_like(np.zeros((20, 18, 6), np.uint8), s, out / s.name.replace(".nii.gz", "_seg.nii.gz"))
+
+    plain = {"tta_flips": [], "prob_threshold": 0.5}
+    assert len(pending(tmp_path / "in", out, settings=plain)) == 3
+    record = settings_path(out)
+    assert record.parent == tmp_path and json.loads(record.read_text()) == plain  # beside the folder, not in it
+    write("c0", "c1", "c2")
+    assert sorted(os.listdir(out)) == ["c0_seg.nii.gz", "c1_seg.nii.gz", "c2_seg.nii.gz"]
+    assert [d["case_id"] for d in pending(tmp_path / "in", out, settings=plain).done] == ["c0", "c1", "c2"]
+    stamp = record.stat().st_mtime_ns
+    assert len(pending(tmp_path / "in", out, settings=dict(reversed(plain.items())))) == 0  # key order: same
+    assert record.stat().st_mtime_ns == stamp  # unchanged settings: the record is not rewritten
+
+    flipped = {**plain, "tta_flips": [[0]]}
+    with caplog.at_level("WARNING", logger="monai_pipeline.engine.inference"):
+        todo = pending(tmp_path / "in", out, settings=flipped)
+    assert [d["case_id"] for d in todo] == ["c0", "c1", "c2"] and not todo.done
+    assert "tta_flips: [] -> [[0]]" in caplog.text and "prob_threshold" not in caplog.text
+    # the run with the flips stops after c1: the same command again redoes c0's older mask and c2 only
+    for m in out.glob("*.nii.gz"):
+        os.utime(m, ns=(stamp, stamp))
+    write("c1")
+    todo = pending(tmp_path / "in", out, settings=flipped)
+    assert [d["case_id"] for d in todo] == ["c0", "c2"] and [d["case_id"] for d in todo.done] == ["c1"]
+    assert "older than the inference settings" in existing_mask_problem(out / "c0_seg.nii.gz", srcs[0], None, record)
+    # without settings (API use of pending alone) nothing is recorded or compared
+    assert len(pending(tmp_path / "in", tmp_path / "bare")) == 3 and not settings_path(tmp_path / "bare").exists()
+    # masks made before any record (an older version, or another tool): redone once, then resumed
+    write("c0")
+    (tmp_path / "legacy").mkdir()
+    write_mask_like(np.zeros((20, 18, 6), np.uint8), srcs[0], tmp_path / "legacy" / "c0_seg.nii.gz")
+    assert [d["case_id"] for d in pending(tmp_path / "in", tmp_path / "legacy", settings=plain)] == ["c0", "c1", "c2"]
+    with pytest.raises(ValueError, match="JSON values"):
+        pending(tmp_path / "in", out, settings={"device": object()})
 
 
 # ------------------------------------------------------------------------------------ through the CLI

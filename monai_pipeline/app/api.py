@@ -94,7 +94,8 @@ def segment(images: str | os.PathLike | Iterable[str | os.PathLike], model_dir: 
     overrides = {**overrides, "datalist": datalist, "ckpt_dir": str(model_dir), "output_dir": str(output_dir),
                  "output_ext": output_ext}
     if not weights.is_file():
-        resolve(bundle, "inference", ["data"], overlays, **overrides)  # a bad input is the first thing to report
+        # a bad input is the first thing to report; nothing is recorded beside output_dir by this check
+        resolve(bundle, "inference", ["data"], overlays, **{**overrides, "data#settings": None})
         check_model_weights(model_dir, bundle_dir(bundle))
     try:
         workflow = run_bundle(bundle, "inference", overlays, **overrides)

@@ -45,7 +45,8 @@ from monai_pipeline.io.images import (gzip_trailer_size, is_nifti, nifti_data_by
 from monai_pipeline.io.naming import IMAGE_SUFFIXES, MASK_SUFFIXES, SLICE_SUFFIXES, case_id, first, is_slice_file, mask_path
 from monai_pipeline.io.slices import write_overlay, write_slice_mask_like
 
-__all__ = ["pending", "Pending", "existing_mask_problem", "InferenceDataset", "InferenceProgress", "SaveMaskd",
+__all__ = ["pending", "Pending", "existing_mask_problem", "record_settings", "settings_path", "InferenceDataset",
+           "InferenceProgress", "SaveMaskd",
            "FAILED_KEY", "fatal_os_error"]
 
 logger = logging.getLogger(__name__)
@@ -89,14 +90,16 @@ def _slice_problem(mask: Path, source: str) -> str | None:
 
 
 def existing_mask_problem(mask: str | os.PathLike, source: str | os.PathLike,
-                          weights: str | os.PathLike | None = None) -> str | None:
+                          weights: str | os.PathLike | None = None,
+                          settings: str | os.PathLike | None = None) -> str | None:
     """Why the existing ``mask`` of ``source`` must be made again, or None when it is complete.
 
     Masks are written atomically, so a file under its final name was complete when written; this also
     catches one damaged or replaced since, cheaply: the mask's header must give the source header's shape
     and geometry, a ``.nii.gz`` must end with the gzip size field its header implies (a truncated one does
     not), a ``.nii`` must be long enough, a PNG must end with its IEND chunk (NRRD/MHA masks are read
-    whole). A mask older than ``weights`` (the model file) was made by another model and is redone.
+    whole). A mask older than ``weights`` (the model file) was made by another model and is redone; one older
+    than ``settings`` (the run's settings file, :func:`record_settings`) was made with other inference settings.
     """
     mask = Path(mask)
     try:
@@ -107,6 +110,8 @@ def existing_mask_problem(mask: str | os.PathLike, source: str | os.PathLike,
         return "empty file"
     if weights is not None and Path(weights).is_file() and st.st_mtime_ns < Path(weights).stat().st_mtime_ns:
         return f"older than the model weights {weights}"
+    if settings is not None and Path(settings).is_file() and st.st_mtime_ns < Path(settings).stat().st_mtime_ns:
+        return f"older than the inference settings recorded in {settings}"
     try:
         if mask.name.lower().endswith(".png"):
             return _slice_problem(mask, str(source))
@@ -145,10 +150,70 @@ class Pending(list):
         return {cid: paths[0] for cid, paths in self.files.items() if paths}
 
 
+def settings_path(output_dir: str | os.PathLike) -> Path:
+    """The file recording the inference settings of ``output_dir``'s masks: ``.<folder>.monai-pipeline.settings.json``
+    beside the folder (like its lock, so that the folder holds masks only)."""
+    folder = Path(output_dir).resolve()
+    return folder.parent / f".{folder.name}.monai-pipeline.settings.json"
+
+
+def _settings_text(settings: Mapping[str, Any]) -> str:
+    try:
+        return json.dumps(settings, sort_keys=True, indent=1) + "\n"
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"inference settings must be JSON values (numbers, text, lists, mappings): {err}") from None
+
+
+def record_settings(output_dir: str | os.PathLike, settings: Mapping[str, Any]) -> tuple[Path, list[str] | None]:
+    """Record the inference ``settings`` that decide ``output_dir``'s masks; the file is rewritten only when they change.
+
+    The file's modification time is then the moment the current settings took over: a mask older than it was made
+    with other settings (:func:`existing_mask_problem`), one newer was made with these, so an interrupted run with
+    new settings resumes where it stopped and a run with other settings redoes every mask.
+
+    Args:
+        output_dir: the masks' folder; the file is :func:`settings_path` (beside it).
+        settings: JSON values only, e.g. ``{"tta_flips": [[0]], "prob_threshold": 0.4}``.
+
+    Returns:
+        ``(file, changes)``: ``changes`` is None when the recorded settings were these, else one ``"name: old -> new"``
+        per setting that differs (``"no settings recorded"`` when there was no file).
+    """
+    path = settings_path(output_dir)
+    text = _settings_text(settings)
+    try:
+        old_text = path.read_text()
+    except OSError:
+        old_text = None
+    if old_text == text:
+        return path, None
+    try:
+        old = json.loads(old_text) if old_text is not None else None
+    except ValueError:
+        old = None
+    if not isinstance(old, dict):
+        changes = ["no settings recorded" if old_text is None else f"unreadable settings file {path}"]
+    else:
+        new = json.loads(text)
+        changes = [f"{k}: {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}"
+                   for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
+    return path, changes
+
+
 def _scan(entries: list, output_dir: str | os.PathLike, postfix: str, ext: str, overwrite: bool,
-          weights: str | os.PathLike | None) -> tuple[list[dict], list[dict]]:
+          weights: str | os.PathLike | None,
+          settings: Mapping[str, Any] | None = None) -> tuple[list[dict], list[dict]]:
     """Split the inputs into ``(done, todo)`` records by the state of their masks."""
     check_unique_case_ids(first(e) for e in entries)
+    stamp = None
+    if settings is not None:
+        stamp, changes = record_settings(output_dir, settings)
+        if changes is not None and not overwrite and Path(output_dir).is_dir() and any(Path(output_dir).iterdir()):
+            logger.warning("%s: the inference settings differ from those its masks were made with (%s); every existing "
+                           "mask is made again", output_dir, "; ".join(changes))
+            overwrite = True
     done, todo = [], []
     for index, entry in enumerate(entries):
         head = first(entry)
@@ -160,7 +225,7 @@ def _scan(entries: list, output_dir: str | os.PathLike, postfix: str, ext: str, 
         problem, mask = ("overwrite" if overwrite else None), masks[0]
         if not overwrite:
             for mask, head in zip(masks, sources):
-                problem = existing_mask_problem(mask, head, weights)
+                problem = existing_mask_problem(mask, head, weights, stamp)
                 if problem is not None:
                     break
         if problem is None:
@@ -175,7 +240,7 @@ def _scan(entries: list, output_dir: str | os.PathLike, postfix: str, ext: str, 
 def pending(datalist: str | os.PathLike | Iterable, output_dir: str | os.PathLike, postfix: str = "seg",
             ext: str = ".nii.gz", overwrite: bool = False, skip_bad: bool = True, ndim: int = 3,
             slices: bool = False, weights: str | os.PathLike | None = None, distributed: bool = False,
-            stacks: bool = False) -> Pending:
+            stacks: bool = False, settings: Mapping[str, Any] | None = None) -> Pending:
     """The inference datalist of the cases still to do: the inputs minus those whose mask is complete.
 
     Runs before anything is loaded: the done check reads headers only (:func:`existing_mask_problem`),
@@ -191,6 +256,10 @@ def pending(datalist: str | os.PathLike | Iterable, output_dir: str | os.PathLik
             usable and none is done. False: the first bad input raises.
         ndim, slices: as for :func:`~monai_pipeline.data.image_datalist`.
         weights: model file; a mask older than it is redone.
+        settings: the inference settings that decide the masks besides the model (JSON values, e.g. the flips,
+            the threshold, the component rule). They are recorded beside ``output_dir`` (:func:`record_settings`);
+            when they differ from those recorded, every existing mask is redone, and after an interruption a
+            mask older than the record is.
         distributed: under an initialised ``torch.distributed`` group, rank 0 decides what is pending (so
             no rank sees another's new masks), and each rank keeps and validates its own share
             (``monai.data.partition_dataset``, no padding: every case exactly once).
@@ -203,11 +272,12 @@ def pending(datalist: str | os.PathLike | Iterable, output_dir: str | os.PathLik
     if stacks:
         entries = stack_slices(entries)
     if world > 1:
-        plan: list[Any] = [_scan(entries, output_dir, postfix, ext, overwrite, weights) if rank == 0 else None]
+        plan: list[Any] = [_scan(entries, output_dir, postfix, ext, overwrite, weights, settings)
+                             if rank == 0 else None]
         dist.broadcast_object_list(plan, src=0)
         done, todo = plan[0]
     else:
-        done, todo = _scan(entries, output_dir, postfix, ext, overwrite, weights)
+        done, todo = _scan(entries, output_dir, postfix, ext, overwrite, weights, settings)
     if rank == 0:
         if done:
             logger.info("resume: %d of %d case(s) already have a complete mask in %s and are skipped "
