@@ -165,7 +165,8 @@ def _settings_text(settings: Mapping[str, Any]) -> str:
 
 
 def record_settings(output_dir: str | os.PathLike, settings: Mapping[str, Any]) -> tuple[Path, list[str] | None]:
-    """Record the inference ``settings`` that decide ``output_dir``'s masks; the file is rewritten only when they change.
+    """Record the inference ``settings`` that decide ``output_dir``'s masks; the file is rewritten only when they
+    change.
 
     The file's modification time is then the moment the current settings took over: a mask older than it was made
     with other settings (:func:`existing_mask_problem`), one newer was made with these, so an interrupted run with
