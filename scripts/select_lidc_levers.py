@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from _provenance import cpu_tag, machine_provenance  # noqa: E402
-from monai_pipeline.app.delineate import CropSegmenter, _component_at  # noqa: E402
+from monai_pipeline.app.delineate import CropSegmenter  # noqa: E402
+from monai_pipeline.data.masks import keep_components  # noqa: E402
 from monai_pipeline.data.datasets import lidc_split  # noqa: E402
 from monai_pipeline.evaluation.metrics import dice  # noqa: E402
 from monai_pipeline.io.atomic import atomic_write_text  # noqa: E402
@@ -64,7 +65,6 @@ def score(models: list[CropSegmenter], items: list[dict], ttas: list[str]) -> tu
     seconds = {t: 0.0 for t in ttas}
     for item in items:
         ref, props = read_image(item["label"])
-        centre = (np.asarray(ref.shape) - 1) / 2.0
         for t in ttas:
             t0 = time.perf_counter()
             prob = probabilities(models, item["image"], TTA[t])
@@ -72,7 +72,7 @@ def score(models: list[CropSegmenter], items: list[dict], ttas: list[str]) -> tu
             for th in THRESHOLDS:
                 mask = prob > th
                 for comp in COMPONENTS:
-                    m = _component_at(mask, centre, np.asarray(props.spacing)) if comp == "centre" else mask
+                    m = keep_components(mask, comp, props.spacing)  # as the bundle's KeepComponentsd
                     per[(t, th, comp)].append(dice(m, ref))
     return per, {t: s / max(len(items), 1) for t, s in seconds.items()}
 

@@ -82,6 +82,70 @@ def test_inference_masks_in_source_geometry(trained, tiny_msd, tmp_path):
         assert set(np.unique(np.asarray(nib.load(str(mask)).dataobj))) <= {0, 1}
         directions.add(tuple(np.round(nib.load(str(src)).affine[:3, :3].ravel(), 3)))
     assert len(directions) == len(sources)  # the test phantoms really differ in orientation
+    # --keep_components: the plain masks after the rule, on their own grid (the spacing from the mask's header)
+    from monai_pipeline.data.masks import keep_components
+
+    for rule in ("largest", "centre"):
+        run_cmd(bundle("run", "--config_file", CFG_INFER, "--dataset_dir", str(tiny_msd), "--output_dir",
+                       str(tmp_path / rule), "--keep_components", rule, *TINY), cwd=trained)
+        for src in sources:
+            name = src.name.replace(".nii.gz", "_seg.nii.gz")
+            plain, kept = (nib.load(str(folder / name)) for folder in (out, tmp_path / rule))
+            assert_same_geometry(src, tmp_path / rule / name)
+            expected = keep_components(np.asarray(plain.dataobj), rule, plain.header.get_zooms()[:3])
+            assert np.array_equal(np.asarray(kept.dataobj) > 0, expected), (rule, name)
+
+
+def test_centre_component_rule_keeps_the_lesion_at_the_crop_centre_by_its_spacing():
+    """``keep_components="centre"`` (the nodule bundle's lever, as scripts/select_lidc_levers.py scores it): the
+    26-connected component holding the centre voxel; else the nearest within 5 mm, measured with the voxel
+    spacing of the MetaTensor's affine; else nothing. The other rules are unchanged on the same map."""
+    from monai.data import MetaTensor
+
+    from monai_pipeline.data.masks import component_at, keep_components
+    from monai_pipeline.transforms import KeepComponentsd
+
+    m = np.zeros((21, 21, 9), np.uint8)  # centre voxel (10, 10, 4)
+    m[8:13, 8:13, 3:6] = 1  # the nodule at the centre: 75 voxels
+    m[0:6, 0:6, 0:9] = 1  # a larger blob in a corner: 324 voxels
+    m[18, 18, 8] = 1
+    spacing = [0.7, 0.7, 1.25]
+    aff = torch.diag(torch.tensor([-0.7, -0.7, 1.25, 1.0]))  # flipped axes: the spacing is the columns' length
+    out = KeepComponentsd("pred", "centre")({"pred": MetaTensor(torch.as_tensor(m)[None], affine=aff)})["pred"]
+    assert isinstance(out, MetaTensor) and torch.equal(out.affine, aff) and out.dtype == torch.uint8
+    assert int(out.sum()) == 75 and out[0, 10, 10, 4] == 1 and out[0, 0, 0, 0] == 0
+    assert int(keep_components(m, "largest").sum()) == 324 and int(keep_components(m, "over10").sum()) == 399
+    # the centre voxel off the nodule: the nearest component within 5 mm, by the spacing
+    off = m.copy()
+    off[8:13, 8:13, 3:6] = 0
+    off[10, 14:17, 4] = 1  # 4 voxels from the centre along j: 2.8 mm at 0.7 mm, 10 mm at 2.5 mm
+    assert int(component_at(off, (10, 10, 4), spacing).sum()) == 3
+    assert not component_at(off, (10, 10, 4), [2.5, 2.5, 2.5]).any()  # too far: nothing, not the largest blob
+    assert int(keep_components(off, "centre", spacing).sum()) == 3
+    # an array has no affine: 1 mm per voxel
+    assert int(KeepComponentsd("pred", "centre")({"pred": off[None]})["pred"].sum()) == 3
+    assert not component_at(np.zeros((5, 5, 5)), (2, 2, 2)).any()
+
+
+def test_lung_and_nodule_postprocessing_apply_the_component_rule_on_the_source_grid():
+    """Both CT bundles keep components after the mask is back on the source grid (either path of fast_resample),
+    before it is saved or scored; every run checks the rule first; the rule is part of the recorded settings."""
+    from conftest import NODULE_BUNDLE
+
+    for root in (LUNG_BUNDLE, NODULE_BUNDLE):
+        cfg = root / "configs"
+        inference = json.loads((cfg / "inference.json").read_text())
+        targets = [t["_target_"].rsplit(".", 1)[-1] for t in inference["postprocessing"]["transforms"]]
+        assert targets == ["ResampleToSourced", "Activationsd", "Invertd", "AsDiscreted", "KeepComponentsd",
+                           "SaveMaskd"], targets
+        evaluate = json.loads((cfg / "evaluate.json").read_text())
+        targets = [t["_target_"].rsplit(".", 1)[-1] for t in evaluate["postprocessing"]["transforms"]]
+        assert targets == ["ResampleToSourced", "Activationsd", "Invertd", "AsDiscreted", "KeepComponentsd",
+                           "AsDiscreted", "SaveMaskd"], targets
+        assert inference["keep_components"] == "all" and inference["mask_settings"]["keep_components"] == "@keep_components"
+        check = "$monai_pipeline.data.check_component_rule(@keep_components)"
+        multi = json.loads((cfg / "multi_gpu_inference.json").read_text())["initialize"]
+        assert check in inference["initialize"] and check in evaluate["initialize"] and multi == ["$@device", *inference["initialize"]]
 
 
 def test_inference_on_rotated_flipped_anisotropic_phantoms(trained, tmp_path):

@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from monai_pipeline.app.bundles import bundle_dir, resolve
+from monai_pipeline.data.masks import SNAP_MM, component_at
 from monai_pipeline.data.validate import check_export_target, check_model_weights, check_points, image_info
 from monai_pipeline.evaluation.measure import lesion_measures
 from monai_pipeline.io.atomic import atomic_write_text, staged_folder
@@ -51,7 +51,6 @@ __all__ = ["delineate", "DelineationResult", "CropSegmenter", "MANIFEST"]
 logger = logging.getLogger(__name__)
 
 MANIFEST = "delineation.json"
-SNAP_MM = 5.0  # a point just off the segmented nodule takes the nearest component within this distance
 _TABLE_FIELDS = ["lesion", "point_label", "point_lps_mm", "status", "voxels", "volume_ml", "long_mm", "short_mm",
                  "slice", "centroid_ras_mm", "centroid_lps_mm", "crop_mm", "grew", "capped"]
 
@@ -132,22 +131,6 @@ def _crop_properties(props: ImageProperties, lo: np.ndarray, shape: tuple[int, .
                            direction=tuple(tuple(r[:3]) for r in props.direction[:3]), dtype="32-bit float")
 
 
-def _component_at(mask: np.ndarray, ijk: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """The 26-connected component of ``mask`` holding voxel ``ijk``, else the nearest one within ``SNAP_MM``."""
-    lab, n = ndimage.label(mask > 0, structure=np.ones((3, 3, 3), bool))
-    if n == 0:
-        return np.zeros(mask.shape, bool)
-    v = tuple(np.clip(np.rint(ijk).astype(int), 0, np.asarray(mask.shape) - 1))
-    if lab[v]:
-        return lab == lab[v]
-    idx = np.argwhere(lab > 0)
-    dist = np.linalg.norm((idx - np.asarray(v)) * spacing, axis=1)
-    nearest = int(np.argmin(dist))
-    if dist[nearest] > SNAP_MM:
-        return np.zeros(mask.shape, bool)
-    return lab == lab[tuple(idx[nearest])]
-
-
 def _delineate_one(ct: np.ndarray, props: ImageProperties, ijk: np.ndarray, model: CropSegmenter, work: Path,
                    initial_mm: float, grow_mm: float, cap_mm: float) -> tuple[np.ndarray, tuple[slice, ...], dict]:
     """Segment the lesion at voxel ``ijk``: returns its mask in a box of the CT, the box, and how it went."""
@@ -163,7 +146,7 @@ def _delineate_one(ct: np.ndarray, props: ImageProperties, ijk: np.ndarray, mode
         crop_props = _crop_properties(props, lo, tuple(hi - lo))
         path = write_image(np.asarray(ct[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32), crop_props,
                            work / f"crop_{int(ijk[0])}_{int(ijk[1])}_{int(ijk[2])}_{info['grew']}.nrrd")
-        comp = _component_at(model(path), ijk - lo, spacing)
+        comp = component_at(model(path), ijk - lo, spacing)
         info["crop_mm"] = [round(float(v), 1) for v in (hi - lo) * spacing]
         if not comp.any():
             break

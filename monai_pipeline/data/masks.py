@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -62,14 +62,53 @@ def large_components(mask: np.ndarray, min_fraction: float, full_connectivity: b
     return (sizes >= min_fraction * sizes.max())[labels] & mask
 
 
-#: Post-processing rules for a segmentation's foreground, by name, each on a binary mask of any dimension with
-#: full connectivity (26 neighbours in 3D): ``all`` keeps the mask as it is, ``over10`` every component with at
-#: least 10 % of the largest one's voxels (:func:`large_components`), ``largest`` the largest only
-#: (:func:`largest_component`; Buda et al. 2019 keep the largest 3D component of a patient's stacked slices).
-COMPONENT_RULES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "all": lambda m: np.asarray(m) != 0,
-    "over10": lambda m: large_components(m, 0.1, full_connectivity=True),
-    "largest": lambda m: largest_component(m, full_connectivity=True),
+#: How far (mm) :func:`component_at` looks for the nearest component when no component holds the voxel itself.
+SNAP_MM = 5.0
+
+
+def component_at(mask: np.ndarray, ijk: Sequence[float], spacing: Sequence[float] | None = None,
+                 snap_mm: float = SNAP_MM) -> np.ndarray:
+    """The connected component of ``mask`` (full connectivity: 26 neighbours in 3D) that holds voxel ``ijk``, else
+    the one nearest to it within ``snap_mm``, else nothing.
+
+    What a click on a lesion means (``monai-pipeline delineate``) and the ``centre`` rule of a crop centred on one.
+
+    Args:
+        mask: binary array of any dimension; non-zero is foreground.
+        ijk: the voxel (fractional indices are rounded; outside the array: the nearest voxel inside it).
+        spacing: voxel size per axis in mm, for the distance to the nearest component (default 1 per axis).
+        snap_mm: the farthest a component may be from ``ijk`` and still be taken.
+
+    Returns:
+        boolean array of ``mask``'s shape (all false when no component is within ``snap_mm``).
+    """
+    mask, labels, sizes = _components(mask, full_connectivity=True)
+    if len(sizes) < 2:
+        return mask
+    shape = np.asarray(mask.shape)
+    v = tuple(np.clip(np.rint(np.asarray(ijk, dtype=float)).astype(int), 0, shape - 1))
+    if labels[v]:
+        return labels == labels[v]
+    idx = np.argwhere(labels > 0)
+    step = np.ones(mask.ndim) if spacing is None else np.asarray(spacing, dtype=float)[: mask.ndim]
+    dist = np.linalg.norm((idx - np.asarray(v)) * step, axis=1)
+    nearest = int(np.argmin(dist))
+    if dist[nearest] > snap_mm:
+        return np.zeros(mask.shape, bool)
+    return labels == labels[tuple(idx[nearest])]
+
+
+#: Post-processing rules for a segmentation's foreground, by name, each on a binary mask of any dimension and its
+#: voxel spacing (mm per axis, or None: 1), with full connectivity (26 neighbours in 3D): ``all`` keeps the mask as
+#: it is, ``over10`` every component with at least 10 % of the largest one's voxels (:func:`large_components`),
+#: ``largest`` the largest only (:func:`largest_component`; Buda et al. 2019 keep the largest 3D component of a
+#: patient's stacked slices), ``centre`` the component at the array's centre voxel, else the nearest within
+#: :data:`SNAP_MM` (:func:`component_at`): for a crop centred on its lesion (the nodule bundle's LIDC-IDRI crops).
+COMPONENT_RULES: dict[str, Callable[[np.ndarray, Sequence[float] | None], np.ndarray]] = {
+    "all": lambda m, spacing: np.asarray(m) != 0,
+    "over10": lambda m, spacing: large_components(m, 0.1, full_connectivity=True),
+    "largest": lambda m, spacing: largest_component(m, full_connectivity=True),
+    "centre": lambda m, spacing: component_at(m, (np.asarray(np.shape(m)) - 1) / 2.0, spacing),
 }
 
 
@@ -103,11 +142,11 @@ def check_foreground_threshold(threshold: float) -> float:
     return value
 
 
-def keep_components(mask: np.ndarray, rule: str) -> np.ndarray:
+def keep_components(mask: np.ndarray, rule: str, spacing: Sequence[float] | None = None) -> np.ndarray:
     """``mask`` (any dimension; non-zero is foreground) after the component rule ``rule`` of
-    :data:`COMPONENT_RULES`, as a boolean array of its shape.
+    :data:`COMPONENT_RULES`, as a boolean array of its shape; ``spacing`` (mm per axis) matters to ``centre`` only.
 
     Raises:
         DataError: ``rule`` is not one of :data:`COMPONENT_RULES` (:func:`check_component_rule`).
     """
-    return COMPONENT_RULES[check_component_rule(rule)](mask)
+    return COMPONENT_RULES[check_component_rule(rule)](mask, spacing)

@@ -1,4 +1,4 @@
-"""Post-processing of a segmentation into a mask, by the settings the LGG lever benchmark chooses: the foreground
+"""Post-processing of a segmentation into a mask, by the settings the lever benchmarks choose: the foreground
 probability threshold and the connected components kept (a rule name)."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from typing import Mapping
 
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from monai_pipeline.data.masks import check_component_rule, check_foreground_threshold, keep_components
@@ -67,7 +68,9 @@ class KeepComponentsd(MapTransform):
             :class:`ThresholdForegroundd` or ``AsDiscreted(argmax=True)``), a tensor (a ``MetaTensor`` keeps its
             metadata) or an array; non-zero is foreground; kept voxels keep their label, dtype and device.
         rule: ``"all"`` (no change, the default), ``"over10"`` (components with at least 10 % of the largest's
-            voxels) or ``"largest"``.
+            voxels), ``"largest"`` or ``"centre"`` (the component at the map's centre voxel, else the nearest within
+            :data:`~monai_pipeline.data.masks.SNAP_MM` mm, by the voxel spacing of a ``MetaTensor``'s affine; 1 mm
+            per voxel for an array): for a crop centred on its lesion, as the nodule bundle's LIDC-IDRI crops are.
         allow_missing_keys: as in MONAI.
 
     Raises:
@@ -94,7 +97,8 @@ class KeepComponentsd(MapTransform):
             foreground = labels != 0  # on the tensor: also for dtypes NumPy lacks (bfloat16)
             if isinstance(foreground, torch.Tensor):
                 foreground = foreground.detach().cpu().numpy()
-            kept = keep_components(foreground[0], self.rule)[None]
+            spacing = labels.pixdim.tolist() if isinstance(labels, MetaTensor) else None
+            kept = keep_components(foreground[0], self.rule, spacing)[None]
             # a boolean factor keeps the labels' values and dtype (and a MetaTensor its metadata)
             d[key] = labels * (torch.as_tensor(kept, device=labels.device) if isinstance(labels, torch.Tensor) else kept)
         return d
