@@ -142,10 +142,12 @@ def test_lung_and_nodule_postprocessing_apply_the_component_rule_on_the_source_g
         targets = [t["_target_"].rsplit(".", 1)[-1] for t in evaluate["postprocessing"]["transforms"]]
         assert targets == ["ResampleToSourced", "Activationsd", "Invertd", "AsDiscreted", "KeepComponentsd",
                            "AsDiscreted", "SaveMaskd"], targets
-        assert inference["keep_components"] == "all" and inference["mask_settings"]["keep_components"] == "@keep_components"
+        assert inference["keep_components"] == "all"
+        assert inference["mask_settings"]["keep_components"] == "@keep_components"
         check = "$monai_pipeline.data.check_component_rule(@keep_components)"
         multi = json.loads((cfg / "multi_gpu_inference.json").read_text())["initialize"]
-        assert check in inference["initialize"] and check in evaluate["initialize"] and multi == ["$@device", *inference["initialize"]]
+        assert check in inference["initialize"] and check in evaluate["initialize"]
+        assert multi == ["$@device", *inference["initialize"]]
 
 
 def test_inference_on_rotated_flipped_anisotropic_phantoms(trained, tmp_path):
