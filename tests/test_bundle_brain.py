@@ -674,6 +674,37 @@ def test_keep_components_in_inference_takes_each_patient_whole_without_slice_con
     assert not (tmp_path / "bad").exists() and not (tmp_path / ".bad.monai-pipeline.settings.json").exists()
 
 
+def test_brain_inference_with_levers_writes_what_select_lgg_levers_scores(brain_slices, tmp_path, monkeypatch):
+    """The bundle's inference with the three levers (flip, threshold 0.4, over10) writes, patient by patient, the
+    masks scripts/select_lgg_levers.py scores for that variant: ``keep_components(probabilities(...) > 0.4, rule)``
+    on the slices' own grid. The model's ``image_size`` (48) is not the slices' (64), so ``Invertd`` resamples the
+    probabilities before the threshold in both."""
+    from monai_pipeline.app.delineate import CropSegmenter
+    from monai_pipeline.data.masks import keep_components
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    from select_lgg_levers import probabilities, reference
+
+    small = [a if a != "[64,64]" else "[48,48]" for a in BRAIN_TINY]
+    root = tmp_path / "brain"
+    shutil.copytree(BRAIN_BUNDLE, root, ignore=shutil.ignore_patterns("eval", "data", "checkpoint_*", "*.ts"))
+    run_cmd(bundle("run", "--config_file", CFG_TRAIN, "--epochs", "2", "--val_interval", "2", "--dataset_dir",
+                   str(brain_slices), "--val_fraction", "0.34", *small), cwd=root)
+    assert json.loads((root / "models" / "model.contract.json").read_text())["settings"]["image_size"] == [48, 48]
+    levers = ["--tta_flips", "[[0]]", "--prob_threshold", "0.4", "--keep_components", "over10"]
+    run_cmd(bundle("run", "--config_file", CFG_INFER, "--dataset_dir", str(brain_slices), "--output_dir",
+                   str(tmp_path / "out"), *levers, "--num_workers", "0"), cwd=root)
+    model = CropSegmenter(str(root), root / "models")
+    foreground = 0
+    for item in brain_datalist(brain_slices, "all", validate=False):
+        expected = keep_components(probabilities([model], item, [[0]]) > 0.4, "over10")
+        # the written PNGs read as the script reads its reference masks (LoadBrainImaged: its axis order)
+        written = reference({"label": [str(tmp_path / "out" / f"{Path(f).stem}_mask.png") for f in item["image"]]})
+        assert written.shape == expected.shape and np.array_equal(written, expected), Path(item["image"][0]).parent.name
+        foreground += int(expected.sum())
+    assert foreground  # a 2-epoch model marks some pixels: the comparison is not of empty masks
+
+
 def test_real_brats_volume_through_the_slice_model(brain_trained, tmp_path):
     """A real BraTS volume (240 x 240 x 155, float32 labels) cut into slices by a model trained on slices:
     the mask keeps the volume's geometry and the evaluate workflow scores it against label > 0."""

@@ -230,7 +230,7 @@ def test_nodule_bundle_levers_give_the_lever_files_test_figures(tmp_path):
     scripts/select_lidc_levers.py did (``lidc_levers_120ep_avx512bf16.json``, the shipped model). The evaluate
     without them scores as its baseline. The file was made with bf16 inference on an AVX512-bf16 CPU; a machine
     without native bf16 runs float32, so a nodule may move a little: the tolerance is what precision moves, and the
-    levers move LIDC-IDRI-0141_1 from 0.7721 to 0.8659. Slow (about 5 minutes on 2 cores)."""
+    levers move LIDC-IDRI-0141_1 from 0.7721 to 0.8659. Slow (about 3 minutes on 2 cores)."""
     import json
 
     import numpy as np
@@ -257,6 +257,7 @@ def test_nodule_bundle_levers_give_the_lever_files_test_figures(tmp_path):
         diff = np.array([scores[run][c] - want[c] for c in want])
         print(run, "mean", np.mean(list(scores[run].values())), "file", levers["test"][run]["mean_dice"],
               "max |diff|", np.abs(diff).max(), "nodules > 0.01:", int((np.abs(diff) > 0.01).sum()))
-        assert abs(np.mean(list(scores[run].values())) - levers["test"][run]["mean_dice"]) < 0.003, run
-        assert np.median(np.abs(diff)) < 0.005 and (np.abs(diff) > 0.05).sum() <= 2, (run, np.sort(np.abs(diff))[-5:])
+        # float32 on an AVX2-only CPU against the file's bf16: 0.0001 in the mean, at most 0.007 per nodule (measured)
+        assert abs(np.mean(list(scores[run].values())) - levers["test"][run]["mean_dice"]) < 0.001, run
+        assert np.abs(diff).max() < 0.02, (run, np.sort(np.abs(diff))[-5:])
     assert abs(scores["chosen"]["LIDC-IDRI-0141_1"] - 0.8659) < 0.02 and scores["baseline"]["LIDC-IDRI-0141_1"] < 0.8
