@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from _provenance import cpu_tag, machine_provenance  # noqa: E402
 from monai_pipeline.app.delineate import CropSegmenter  # noqa: E402
-from monai_pipeline.data.masks import keep_components  # noqa: E402
 from monai_pipeline.data.datasets import lidc_split  # noqa: E402
+from monai_pipeline.data.masks import keep_components  # noqa: E402
 from monai_pipeline.evaluation.metrics import dice  # noqa: E402
 from monai_pipeline.io.atomic import atomic_write_text  # noqa: E402
 from monai_pipeline.io.images import read_image  # noqa: E402

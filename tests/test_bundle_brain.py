@@ -622,8 +622,8 @@ def test_keep_components_in_inference_takes_each_patient_whole_without_slice_con
     patient, as evaluate.json and the lever benchmark apply it: with ``keep_components`` other than ``all``,
     inference stacks each patient's slices, so its masks are the largest 3D component of the plain run's (per
     patient). A lower ``prob_threshold`` grows the masks, and the default threshold again into that folder remakes
-    them all (the recorded settings changed), then skips them (the same settings). An unknown rule or a threshold outside (0, 1) stops the
-    run with one ``error:`` line before anything is written."""
+    them all (the recorded settings changed), then skips them (the same settings). An unknown rule or a threshold
+    outside (0, 1) stops the run with one ``error:`` line before anything is written."""
     from scipy import ndimage
 
     from monai_pipeline.data.masks import largest_component

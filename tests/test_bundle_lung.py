@@ -85,6 +85,8 @@ def test_inference_masks_in_source_geometry(trained, tiny_msd, tmp_path):
     # --keep_components: the plain masks after the rule, on their own grid (the spacing from the mask's header)
     from monai_pipeline.data.masks import keep_components
 
+    # (the tiny model's masks may hold one component, so this checks the chain and the geometry; what the rules
+    # remove is tested on maps built for it above and on the real nodule crops: test_docs.py, slow)
     for rule in ("largest", "centre"):
         run_cmd(bundle("run", "--config_file", CFG_INFER, "--dataset_dir", str(tiny_msd), "--output_dir",
                        str(tmp_path / rule), "--keep_components", rule, *TINY), cwd=trained)

@@ -258,6 +258,6 @@ def test_nodule_bundle_levers_give_the_lever_files_test_figures(tmp_path):
         print(run, "mean", np.mean(list(scores[run].values())), "file", levers["test"][run]["mean_dice"],
               "max |diff|", np.abs(diff).max(), "nodules > 0.01:", int((np.abs(diff) > 0.01).sum()))
         # float32 on an AVX2-only CPU against the file's bf16: 0.0001 in the mean, at most 0.007 per nodule (measured)
-        assert abs(np.mean(list(scores[run].values())) - levers["test"][run]["mean_dice"]) < 0.001, run
-        assert np.abs(diff).max() < 0.02, (run, np.sort(np.abs(diff))[-5:])
+        assert abs(np.mean(list(scores[run].values())) - levers["test"][run]["mean_dice"]) < 0.0005, run
+        assert np.abs(diff).max() < 0.01, (run, np.sort(np.abs(diff))[-5:])
     assert abs(scores["chosen"]["LIDC-IDRI-0141_1"] - 0.8659) < 0.02 and scores["baseline"]["LIDC-IDRI-0141_1"] < 0.8

@@ -127,12 +127,16 @@ def test_other_inference_settings_redo_every_mask_and_an_interrupted_run_resumes
     srcs = [_phantom(tmp_path / "in" / f"c{i}.nii.gz", seed=i) for i in range(3)]
     out = tmp_path / "out"
 
-    def write(*names):
+    def write(*names, folder=out):
         for s in srcs:
             if s.name.split(".")[0] in names:
-                write_mask_like(np.zeros((20, 18, 6), np.uint8), s, out / s.name.replace(".nii.gz", "_seg.nii.gz"))
+                write_mask_like(np.zeros((20, 18, 6), np.uint8), s, folder / s.name.replace(".nii.gz", "_seg.nii.gz"))
 
-    plain = {"tta_flips": [], "prob_threshold": 0.5}
+    def age(folder, before):  # the masks now predate ``before`` by a second (coarse file-system clocks too)
+        for m in folder.glob("*.nii.gz"):
+            os.utime(m, ns=(before - 10**9, before - 10**9))
+
+    plain = {"tta_flips": [], "prob_threshold": 0.5, "pixdim": [1, 1, 2]}
     assert len(pending(tmp_path / "in", out, settings=plain)) == 3
     record = settings_path(out)
     assert record.parent == tmp_path and json.loads(record.read_text()) == plain  # beside the folder, not in it
@@ -140,17 +144,19 @@ def test_other_inference_settings_redo_every_mask_and_an_interrupted_run_resumes
     assert sorted(os.listdir(out)) == ["c0_seg.nii.gz", "c1_seg.nii.gz", "c2_seg.nii.gz"]
     assert [d["case_id"] for d in pending(tmp_path / "in", out, settings=plain).done] == ["c0", "c1", "c2"]
     stamp = record.stat().st_mtime_ns
-    assert len(pending(tmp_path / "in", out, settings=dict(reversed(plain.items())))) == 0  # key order: same
-    assert record.stat().st_mtime_ns == stamp  # unchanged settings: the record is not rewritten
+    same = {"pixdim": [1.0, 1.0, 2.0], **{k: v for k, v in reversed(plain.items()) if k != "pixdim"}}
+    with caplog.at_level("WARNING", logger="monai_pipeline.engine.inference"):
+        assert len(pending(tmp_path / "in", out, settings=same)) == 0  # key order, 1 and 1.0: the same settings
+    assert record.stat().st_mtime_ns == stamp and "differ" not in caplog.text  # the record is not rewritten
 
     flipped = {**plain, "tta_flips": [[0]]}
     with caplog.at_level("WARNING", logger="monai_pipeline.engine.inference"):
         todo = pending(tmp_path / "in", out, settings=flipped)
     assert [d["case_id"] for d in todo] == ["c0", "c1", "c2"] and not todo.done
     assert "tta_flips: [] -> [[0]]" in caplog.text and "prob_threshold" not in caplog.text
+    assert json.loads(record.read_text()) == flipped
     # the run with the flips stops after c1: the same command again redoes c0's older mask and c2 only
-    for m in out.glob("*.nii.gz"):
-        os.utime(m, ns=(stamp, stamp))
+    age(out, record.stat().st_mtime_ns)
     write("c1")
     todo = pending(tmp_path / "in", out, settings=flipped)
     assert [d["case_id"] for d in todo] == ["c0", "c2"] and [d["case_id"] for d in todo.done] == ["c1"]
@@ -158,12 +164,21 @@ def test_other_inference_settings_redo_every_mask_and_an_interrupted_run_resumes
     # without settings (API use of pending alone) nothing is recorded or compared
     assert len(pending(tmp_path / "in", tmp_path / "bare")) == 3 and not settings_path(tmp_path / "bare").exists()
     # masks made before any record (an older version, or another tool): redone once, then resumed
-    write("c0")
-    (tmp_path / "legacy").mkdir()
-    write_mask_like(np.zeros((20, 18, 6), np.uint8), srcs[0], tmp_path / "legacy" / "c0_seg.nii.gz")
-    assert [d["case_id"] for d in pending(tmp_path / "in", tmp_path / "legacy", settings=plain)] == ["c0", "c1", "c2"]
+    legacy = tmp_path / "legacy"
+    write("c0", folder=legacy)
+    assert [d["case_id"] for d in pending(tmp_path / "in", legacy, settings=plain)] == ["c0", "c1", "c2"]
+    write("c0", "c1", folder=legacy)
+    assert [d["case_id"] for d in pending(tmp_path / "in", legacy, settings=plain)] == ["c2"]
+    # a value JSON cannot hold is refused before anything is recorded; a dtype object is recorded by its name
     with pytest.raises(ValueError, match="JSON values"):
-        pending(tmp_path / "in", out, settings={"device": object()})
+        pending(tmp_path / "in", tmp_path / "odd", settings={"device": object()})
+    assert not settings_path(tmp_path / "odd").exists()
+    pending(tmp_path / "in", tmp_path / "odd", settings={"resample_dtype": np.float64})
+    assert json.loads(settings_path(tmp_path / "odd").read_text()) == {"resample_dtype": str(np.float64)}
+    # inputs that fail validation: nothing recorded
+    with pytest.raises(DataError):
+        pending([str(tmp_path / "in" / "missing.nii.gz")], tmp_path / "none", settings=plain, skip_bad=False)
+    assert not settings_path(tmp_path / "none").exists()
 
 
 # ------------------------------------------------------------------------------------ through the CLI

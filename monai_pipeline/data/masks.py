@@ -105,10 +105,10 @@ def component_at(mask: np.ndarray, ijk: Sequence[float], spacing: Sequence[float
 #: patient's stacked slices), ``centre`` the component at the array's centre voxel, else the nearest within
 #: :data:`SNAP_MM` (:func:`component_at`): for a crop centred on its lesion (the nodule bundle's LIDC-IDRI crops).
 COMPONENT_RULES: dict[str, Callable[[np.ndarray, Sequence[float] | None], np.ndarray]] = {
-    "all": lambda m, spacing: np.asarray(m) != 0,
-    "over10": lambda m, spacing: large_components(m, 0.1, full_connectivity=True),
-    "largest": lambda m, spacing: largest_component(m, full_connectivity=True),
-    "centre": lambda m, spacing: component_at(m, (np.asarray(np.shape(m)) - 1) / 2.0, spacing),
+    "all": lambda m, spacing=None: np.asarray(m) != 0,
+    "over10": lambda m, spacing=None: large_components(m, 0.1, full_connectivity=True),
+    "largest": lambda m, spacing=None: largest_component(m, full_connectivity=True),
+    "centre": lambda m, spacing=None: component_at(m, (np.asarray(np.shape(m)) - 1) / 2.0, spacing),
 }
 
 

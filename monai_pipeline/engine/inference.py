@@ -45,9 +45,8 @@ from monai_pipeline.io.images import (gzip_trailer_size, is_nifti, nifti_data_by
 from monai_pipeline.io.naming import IMAGE_SUFFIXES, MASK_SUFFIXES, SLICE_SUFFIXES, case_id, first, is_slice_file, mask_path
 from monai_pipeline.io.slices import write_overlay, write_slice_mask_like
 
-__all__ = ["pending", "Pending", "existing_mask_problem", "record_settings", "settings_path", "InferenceDataset",
-           "InferenceProgress", "SaveMaskd",
-           "FAILED_KEY", "fatal_os_error"]
+__all__ = ["pending", "Pending", "existing_mask_problem", "record_settings", "settings_changes", "settings_path",
+           "InferenceDataset", "InferenceProgress", "SaveMaskd", "FAILED_KEY", "fatal_os_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -157,16 +156,43 @@ def settings_path(output_dir: str | os.PathLike) -> Path:
     return folder.parent / f".{folder.name}.monai-pipeline.settings.json"
 
 
+def _setting_value(value: Any) -> str:
+    if isinstance(value, (type, np.dtype, torch.dtype)):  # a dtype given as an object (``$np.float64``)
+        return str(value)
+    raise TypeError(f"{value!r} is not a JSON value")
+
+
 def _settings_text(settings: Mapping[str, Any]) -> str:
     try:
-        return json.dumps(settings, sort_keys=True, indent=1) + "\n"
+        return json.dumps(settings, sort_keys=True, indent=1, default=_setting_value) + "\n"
     except (TypeError, ValueError) as err:
         raise ValueError(f"inference settings must be JSON values (numbers, text, lists, mappings): {err}") from None
 
 
+def settings_changes(output_dir: str | os.PathLike, settings: Mapping[str, Any]) -> list[str] | None:
+    """How ``settings`` differ from those recorded beside ``output_dir`` (:func:`record_settings`): None when they are
+    the same values (``1`` and ``1.0`` alike), else one ``"name: old -> new"`` per setting that differs
+    (``"no settings recorded"`` when there is no record). Reads only."""
+    path = settings_path(output_dir)
+    new = json.loads(_settings_text(settings))
+    try:
+        old_text = path.read_text()
+    except OSError:
+        return ["no settings recorded"]
+    try:
+        old = json.loads(old_text)
+    except ValueError:
+        old = None
+    if not isinstance(old, dict):
+        return [f"unreadable settings file {path}"]
+    changes = [f"{k}: {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}"
+               for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return changes or None
+
+
 def record_settings(output_dir: str | os.PathLike, settings: Mapping[str, Any]) -> tuple[Path, list[str] | None]:
     """Record the inference ``settings`` that decide ``output_dir``'s masks; the file is rewritten only when they
-    change.
+    change (:func:`settings_changes`).
 
     The file's modification time is then the moment the current settings took over: a mask older than it was made
     with other settings (:func:`existing_mask_problem`), one newer was made with these, so an interrupted run with
@@ -177,29 +203,13 @@ def record_settings(output_dir: str | os.PathLike, settings: Mapping[str, Any]) 
         settings: JSON values only, e.g. ``{"tta_flips": [[0]], "prob_threshold": 0.4}``.
 
     Returns:
-        ``(file, changes)``: ``changes`` is None when the recorded settings were these, else one ``"name: old -> new"``
-        per setting that differs (``"no settings recorded"`` when there was no file).
+        ``(file, changes)`` with ``changes`` as :func:`settings_changes` gives them before the write.
     """
     path = settings_path(output_dir)
-    text = _settings_text(settings)
-    try:
-        old_text = path.read_text()
-    except OSError:
-        old_text = None
-    if old_text == text:
-        return path, None
-    try:
-        old = json.loads(old_text) if old_text is not None else None
-    except ValueError:
-        old = None
-    if not isinstance(old, dict):
-        changes = ["no settings recorded" if old_text is None else f"unreadable settings file {path}"]
-    else:
-        new = json.loads(text)
-        changes = [f"{k}: {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}"
-                   for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text)
+    changes = settings_changes(output_dir, settings)
+    if changes is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, _settings_text(settings))
     return path, changes
 
 
@@ -209,8 +219,9 @@ def _scan(entries: list, output_dir: str | os.PathLike, postfix: str, ext: str, 
     """Split the inputs into ``(done, todo)`` records by the state of their masks."""
     check_unique_case_ids(first(e) for e in entries)
     stamp = None
-    if settings is not None:
-        stamp, changes = record_settings(output_dir, settings)
+    if settings is not None:  # the record is (re)written by pending() once the inputs have passed validation
+        stamp = settings_path(output_dir)
+        changes = settings_changes(output_dir, settings)
         if changes is not None and not overwrite and Path(output_dir).is_dir() and any(Path(output_dir).iterdir()):
             logger.warning("%s: the inference settings differ from those its masks were made with (%s); every existing "
                            "mask is made again", output_dir, "; ".join(changes))
@@ -258,9 +269,10 @@ def pending(datalist: str | os.PathLike | Iterable, output_dir: str | os.PathLik
         ndim, slices: as for :func:`~monai_pipeline.data.image_datalist`.
         weights: model file; a mask older than it is redone.
         settings: the inference settings that decide the masks besides the model (JSON values, e.g. the flips,
-            the threshold, the component rule). They are recorded beside ``output_dir`` (:func:`record_settings`);
-            when they differ from those recorded, every existing mask is redone, and after an interruption a
-            mask older than the record is.
+            the threshold, the component rule). They are recorded beside ``output_dir`` (:func:`record_settings`)
+            once the inputs have passed validation; when they differ from those recorded (or none are: masks of an
+            older version), every existing mask is redone, and after an interruption a mask older than the record is.
+            Under ``distributed``, rank 0 records them once its own share is validated.
         distributed: under an initialised ``torch.distributed`` group, rank 0 decides what is pending (so
             no rank sees another's new masks), and each rank keeps and validates its own share
             (``monai.data.partition_dataset``, no padding: every case exactly once).
@@ -269,6 +281,8 @@ def pending(datalist: str | os.PathLike | Iterable, output_dir: str | os.PathLik
             slice leaves its whole patient out.
     """
     rank, world = dist_rank() if distributed else (0, 1)
+    if settings is not None:
+        _settings_text(settings)  # every rank: a value JSON cannot hold stops them all, before anything is written
     entries = gather_paths(datalist, IMAGE_SUFFIXES + (SLICE_SUFFIXES if slices else ()))
     if stacks:
         entries = stack_slices(entries)
@@ -307,6 +321,8 @@ def pending(datalist: str | os.PathLike | Iterable, output_dir: str | os.PathLik
         if world == 1:
             check_something_usable(len(good) + len(done), [r["error"] for r in rejected])
     items = image_datalist([r["image"] for r in good], ndim, slices, thorough=False, stacks=stacks) if good else []  # strict: raises here
+    if settings is not None and rank == 0:  # before any mask of this run is written (on rank 0's own share too)
+        record_settings(output_dir, settings)
     recs = done + todo
     for item, rec in zip(items, good):
         item[OUTPUT_PATH_KEY] = rec["mask"]

@@ -97,7 +97,7 @@ class KeepComponentsd(MapTransform):
             foreground = labels != 0  # on the tensor: also for dtypes NumPy lacks (bfloat16)
             if isinstance(foreground, torch.Tensor):
                 foreground = foreground.detach().cpu().numpy()
-            spacing = labels.pixdim.tolist() if isinstance(labels, MetaTensor) else None
+            spacing = labels.pixdim.tolist() if isinstance(labels, MetaTensor) and not labels.is_batch else None
             kept = keep_components(foreground[0], self.rule, spacing)[None]
             # a boolean factor keeps the labels' values and dtype (and a MetaTensor its metadata)
             d[key] = labels * (torch.as_tensor(kept, device=labels.device) if isinstance(labels, torch.Tensor) else kept)
