@@ -190,35 +190,34 @@ def settings_changes(output_dir: str | os.PathLike, settings: Mapping[str, Any])
     return changes or None
 
 
-def record_settings(output_dir: str | os.PathLike, settings: Mapping[str, Any]) -> tuple[Path, list[str] | None]:
-    """Record the inference ``settings`` that decide ``output_dir``'s masks; the file is rewritten only when they
-    change (:func:`settings_changes`).
+def record_settings(output_dir: str | os.PathLike, settings: Mapping[str, Any]) -> Path:
+    """Record the inference ``settings`` that decide ``output_dir``'s masks (:func:`settings_path`); :func:`pending`
+    calls it only when they differ from those recorded (:func:`settings_changes`).
 
     The file's modification time is then the moment the current settings took over: a mask older than it was made
     with other settings (:func:`existing_mask_problem`), one newer was made with these, so an interrupted run with
     new settings resumes where it stopped and a run with other settings redoes every mask.
 
     Args:
-        output_dir: the masks' folder; the file is :func:`settings_path` (beside it).
+        output_dir: the masks' folder.
         settings: JSON values only, e.g. ``{"tta_flips": [[0]], "prob_threshold": 0.4}``.
 
     Returns:
-        ``(file, changes)`` with ``changes`` as :func:`settings_changes` gives them before the write.
+        the file written.
     """
     path = settings_path(output_dir)
-    changes = settings_changes(output_dir, settings)
-    if changes is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, _settings_text(settings))
-    return path, changes
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, _settings_text(settings))
+    return path
 
 
 def _scan(entries: list, output_dir: str | os.PathLike, postfix: str, ext: str, overwrite: bool,
           weights: str | os.PathLike | None,
-          settings: Mapping[str, Any] | None = None) -> tuple[list[dict], list[dict]]:
-    """Split the inputs into ``(done, todo)`` records by the state of their masks."""
+          settings: Mapping[str, Any] | None = None) -> tuple[list[dict], list[dict], list[str] | None]:
+    """Split the inputs into ``(done, todo)`` records by the state of their masks; the third item is how ``settings``
+    differ from those recorded (:func:`settings_changes`; None: the same, or no settings given)."""
     check_unique_case_ids(first(e) for e in entries)
-    stamp = None
+    stamp, changes = None, None
     if settings is not None:  # the record is (re)written by pending() once the inputs have passed validation
         stamp = settings_path(output_dir)
         changes = settings_changes(output_dir, settings)
@@ -246,7 +245,7 @@ def _scan(entries: list, output_dir: str | os.PathLike, postfix: str, ext: str, 
         if problem not in ("missing", "overwrite"):
             logger.warning("%s: existing mask %s; segmenting %s again", mask, problem, head)
         todo.append(rec)
-    return done, todo
+    return done, todo, changes
 
 
 def pending(datalist: str | os.PathLike | Iterable, output_dir: str | os.PathLike, postfix: str = "seg",
@@ -290,9 +289,9 @@ def pending(datalist: str | os.PathLike | Iterable, output_dir: str | os.PathLik
         plan: list[Any] = [_scan(entries, output_dir, postfix, ext, overwrite, weights, settings)
                              if rank == 0 else None]
         dist.broadcast_object_list(plan, src=0)
-        done, todo = plan[0]
+        done, todo, changes = plan[0]
     else:
-        done, todo = _scan(entries, output_dir, postfix, ext, overwrite, weights, settings)
+        done, todo, changes = _scan(entries, output_dir, postfix, ext, overwrite, weights, settings)
     if rank == 0:
         if done:
             logger.info("resume: %d of %d case(s) already have a complete mask in %s and are skipped "
@@ -321,7 +320,7 @@ def pending(datalist: str | os.PathLike | Iterable, output_dir: str | os.PathLik
         if world == 1:
             check_something_usable(len(good) + len(done), [r["error"] for r in rejected])
     items = image_datalist([r["image"] for r in good], ndim, slices, thorough=False, stacks=stacks) if good else []  # strict: raises here
-    if settings is not None and rank == 0:  # before any mask of this run is written (on rank 0's own share too)
+    if settings is not None and changes is not None and rank == 0:  # before any mask of this run is written
         record_settings(output_dir, settings)
     recs = done + todo
     for item, rec in zip(items, good):
