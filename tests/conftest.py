@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,15 @@ LUNG_BUNDLE = ROOT / "bundles" / "lung_ct_tumor_segmentation"
 BRAIN_BUNDLE = ROOT / "bundles" / "brain_mri_tumor_segmentation_2d"
 NODULE_BUNDLE = ROOT / "bundles" / "lung_nodule_ct_delineation"
 VENV_BIN = Path(sys.executable).parent
+
+# Under pytest-xdist (pyproject's `-n auto`) the workers share the cores: one thread each, unless the caller set
+# OMP_NUM_THREADS (set before torch is imported, so it holds in the worker too and in every command it runs), and
+# each worker its own torchrun port (torchrun reads `--master_port` from PET_MASTER_PORT), so two workers'
+# torchrun commands, the docs' printed ones included, never meet on the default port 29500.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if XDIST_WORKER:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("PET_MASTER_PORT", str(29600 + int(XDIST_WORKER.removeprefix("gw") or 0)))
 
 # `--config_file` of each workflow, run from a bundle folder (as monai_pipeline.app.bundles.WORKFLOW_FILES):
 # inference.json stands on its own; the other workflows merge their files over it, later files overriding earlier keys
@@ -54,6 +66,18 @@ def _apt_get(*args: str, timeout: int) -> None:
         pytest.skip(f"`{' '.join(cmd)}` failed (exit {proc.returncode}): {tail}")
 
 
+@contextlib.contextmanager
+def _apt_lock():
+    """An exclusive lock shared by this machine's test processes around apt-get (dpkg's own lock makes a second
+    concurrent apt-get fail instead of wait)."""
+    with open(Path(tempfile.gettempdir()) / "monai-pipeline-tests-apt.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def debian_tool(names: tuple[str, ...], package: str) -> str:
     """An executable from Debian package ``package``: the first of ``names`` on PATH, or installed with apt-get
     when running as root; else the test is skipped, saying why."""
@@ -67,8 +91,10 @@ def debian_tool(names: tuple[str, ...], package: str) -> str:
     if os.geteuid() != 0:
         pytest.skip(f"{names[0]} is not on PATH and installing {package} with apt-get needs root (running as uid "
                     f"{os.geteuid()})")
-    _apt_get("update", timeout=900)
-    _apt_get("install", "-y", "--no-install-recommends", package, timeout=1800)
+    with _apt_lock():  # another xdist worker may be installing the same tool: wait for it, then look again
+        if not found():
+            _apt_get("update", timeout=900)
+            _apt_get("install", "-y", "--no-install-recommends", package, timeout=1800)
     if not (exe := found()):
         pytest.skip(f"apt-get installed {package} but no {names[0]} executable is on PATH")
     return exe
