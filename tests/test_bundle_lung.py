@@ -82,6 +82,12 @@ def test_inference_masks_in_source_geometry(trained, tiny_msd, tmp_path):
         assert set(np.unique(np.asarray(nib.load(str(mask)).dataobj))) <= {0, 1}
         directions.add(tuple(np.round(nib.load(str(src)).affine[:3, :3].ravel(), 3)))
     assert len(directions) == len(sources)  # the test phantoms really differ in orientation
+    # the settings that made them, beside the folder: precision "auto" with what it resolved to on this machine
+    from monai_pipeline.engine.inference import settings_path
+    from monai_pipeline.engine.precision import resolve_precision
+
+    record = json.loads(settings_path(out).read_text())
+    assert record["precision"] == f"auto ({resolve_precision('auto', 'cpu')})" and record["keep_components"] == "all"
     # --keep_components: the plain masks after the rule, on their own grid (the spacing from the mask's header)
     from monai_pipeline.data.masks import keep_components
 

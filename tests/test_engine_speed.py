@@ -131,6 +131,13 @@ def test_precision_inferer_resolves_and_returns_float32():
     assert resolve_precision("auto", "cuda") == "fp16" and resolve_precision("fp32", "cuda") == "fp32"
     with pytest.raises(ValueError, match="precision must be"):
         resolve_precision("int8", "cpu")
+    # how a mask folder's settings record holds it: auto with what it resolved to here, explicit ones as given
+    from monai_pipeline.engine.precision import precision_setting
+
+    assert precision_setting("auto", "cpu") == f"auto ({resolve_precision('auto', 'cpu')})"
+    assert precision_setting("auto", "cuda") == "auto (fp16)" and precision_setting("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="precision must be"):
+        precision_setting("int8", "cpu")
     net = torch.nn.Conv3d(1, 2, 3, padding=1)
     x = torch.rand(2, 1, 8, 8, 8)
     ref = net(x)

@@ -20,7 +20,7 @@ from monai_pipeline.engine.contract import (SCHEMA_VERSION, ModelContract, check
 from monai_pipeline.engine.inference import (FAILED_KEY, InferenceDataset, InferenceProgress, Pending, SaveMaskd,
                                              existing_mask_problem, pending)
 from monai_pipeline.engine.precision import (PrecisionInferer, cpu_amx_supported, cpu_bf16_supported, cpu_flags,
-                                             resolve_precision, verifies)
+                                             precision_setting, resolve_precision, verifies)
 from monai_pipeline.engine.runtime import (algorithm_id, default_device, default_num_workers, dist_rank,
                                            end_distributed, git_revision, init_distributed, rank_zero_only)
 from monai_pipeline.engine.tta import FlipInferer
@@ -31,7 +31,7 @@ __all__ = ["CheckpointSaver", "attach_handlers", "latest_checkpoint", "remove_pa
            "SCHEMA_VERSION", "ModelContract", "check_contract", "contract_conflicts", "contract_network", "contract_path",
            "contract_value", "file_sha256", "network_definition", "new_contract", "read_contract", "write_contract",
            "FAILED_KEY", "InferenceDataset", "InferenceProgress", "Pending", "SaveMaskd", "existing_mask_problem",
-           "pending", "PrecisionInferer", "FlipInferer", "cpu_amx_supported", "cpu_bf16_supported", "cpu_flags", "resolve_precision",
-           "verifies", "default_device", "default_num_workers", "dist_rank", "init_distributed", "end_distributed",
+           "pending", "PrecisionInferer", "FlipInferer", "cpu_amx_supported", "cpu_bf16_supported", "cpu_flags",
+           "precision_setting", "resolve_precision", "verifies", "default_device", "default_num_workers", "dist_rank", "init_distributed", "end_distributed",
            "rank_zero_only", "algorithm_id", "git_revision", "NONFINITE_EXIT_CODE",
            "NonFiniteGuard", "NonFiniteTrainingError", "ValidationState", "mean_dice_metric"]

@@ -12,7 +12,7 @@ import torch
 from monai.inferers import Inferer
 from monai.utils import ensure_tuple_rep
 
-__all__ = ["PrecisionInferer", "resolve_precision", "verifies", "cpu_flags", "cpu_bf16_supported",
+__all__ = ["PrecisionInferer", "resolve_precision", "precision_setting", "verifies", "cpu_flags", "cpu_bf16_supported",
            "cpu_amx_supported"]
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,15 @@ def resolve_precision(precision: str, device: torch.device | str, training: bool
     if device.type == "cpu" and cpu_bf16_supported():
         return "fp32" if training and cpu_amx_supported() else "bf16"
     return "fp32"
+
+
+def precision_setting(precision: str, device: torch.device | str) -> str:
+    """How a mask's precision is recorded (:func:`~monai_pipeline.engine.inference.pending`'s settings): an
+    explicit precision as given; ``"auto"`` with what it resolves to on ``device`` (``"auto (bf16)"``), so masks
+    made on a CPU with native bfloat16 and on one without count as different settings, and ``"auto"`` (which
+    verifies its reduced-precision outputs) is not taken for an explicit ``"bf16"`` (which does not)."""
+    resolved = resolve_precision(precision, device)
+    return precision if precision != "auto" else f"auto ({resolved})"
 
 
 def verifies(precision: str, verify: bool | None = None, training: bool = False) -> bool:
