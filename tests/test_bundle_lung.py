@@ -152,10 +152,34 @@ def test_lung_and_nodule_postprocessing_apply_the_component_rule_on_the_source_g
                            "AsDiscreted", "SaveMaskd"], targets
         assert inference["keep_components"] == "all"
         assert inference["mask_settings"]["keep_components"] == "@keep_components"
-        check = "$monai_pipeline.data.check_component_rule(@keep_components)"
+        # one list of input checks, in inference.json, that every workflow's initialize runs (no copies)
+        assert "$monai_pipeline.data.check_component_rule(@keep_components)" in inference["input_checks"]
         multi = json.loads((cfg / "multi_gpu_inference.json").read_text())["initialize"]
-        assert check in inference["initialize"] and check in evaluate["initialize"]
+        assert inference["initialize"][1] == evaluate["initialize"][1] == "$@input_checks"
         assert multi == ["$@device", *inference["initialize"]]
+
+
+def test_every_workflow_runs_the_input_checks_before_writing(trained, tiny_msd, tmp_path, monkeypatch):
+    """inference.json's ``input_checks`` (weights, component rule, contract), run by the initialize of inference,
+    evaluate and multi_gpu_inference alike: an unknown rule stops each with one error line naming it, exit 1, and
+    no output folder."""
+    import socket
+
+    multi = "['configs/inference.json','configs/multi_gpu_inference.json']"
+    with socket.socket() as sock:  # a one-process gloo group for multi_gpu_inference, without torchrun
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for name, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                            MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(name, value)
+    for workflow, config in (("inference", CFG_INFER), ("evaluate", CFG_EVAL), ("multi_gpu_inference", multi)):
+        out = tmp_path / workflow
+        proc = run_cmd(bundle("run", "--config_file", config, "--dataset_dir", str(tiny_msd), "--output_dir",
+                              str(out), "--keep_components", "biggest", *TINY), cwd=trained, check=False)
+        lines = [line.removeprefix("[rank0]: ") for line in proc.stderr.splitlines()]  # torch's prefix, distributed
+        errors = [line for line in lines if line.startswith("error:")]
+        assert proc.returncode == 1 and len(errors) == 1 and "biggest" in errors[0], (workflow, proc.stderr[-3000:])
+        assert not out.exists(), workflow
 
 
 def test_inference_on_rotated_flipped_anisotropic_phantoms(trained, tmp_path):
