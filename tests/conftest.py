@@ -21,14 +21,15 @@ BRAIN_BUNDLE = ROOT / "bundles" / "brain_mri_tumor_segmentation_2d"
 NODULE_BUNDLE = ROOT / "bundles" / "lung_nodule_ct_delineation"
 VENV_BIN = Path(sys.executable).parent
 
-# Under pytest-xdist (pyproject's `-n auto`) the workers share the cores: one thread each, unless the caller set
-# OMP_NUM_THREADS (set before torch is imported, so it holds in the worker too and in every command it runs), and
-# each worker its own torchrun port (torchrun reads `--master_port` from PET_MASTER_PORT), so two workers'
-# torchrun commands, the docs' printed ones included, never meet on the default port 29500.
+# Under pytest-xdist (pyproject's `-n auto`) the workers share the cores: each gets its share of threads (one each
+# on 2 cores with 2 workers), unless the caller set OMP_NUM_THREADS; set before torch is imported, so it holds in the
+# worker and in every command it runs. (torchrun needs nothing: with one node and no --master_port it rendezvouses
+# on a free port, so two workers' torchrun commands do not meet.)
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 if XDIST_WORKER:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ.setdefault("PET_MASTER_PORT", str(29600 + int(XDIST_WORKER.removeprefix("gw") or 0)))
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cores // _workers)))
 
 # `--config_file` of each workflow, run from a bundle folder (as monai_pipeline.app.bundles.WORKFLOW_FILES):
 # inference.json stands on its own; the other workflows merge their files over it, later files overriding earlier keys

@@ -88,6 +88,7 @@ def test_inference_masks_in_source_geometry(trained, tiny_msd, tmp_path):
 
     record = json.loads(settings_path(out).read_text())
     assert record["precision"] == f"auto ({resolve_precision('auto', 'cpu')})" and record["keep_components"] == "all"
+    assert record["verify_precision"] is True  # auto verifies its reduced-precision outputs unless told otherwise
     # --keep_components: the plain masks after the rule, on their own grid (the spacing from the mask's header)
     from monai_pipeline.data.masks import keep_components
 
