@@ -442,9 +442,13 @@ def test_brain_postprocessing_applies_the_levers_in_the_benchmarks_order():
         targets = [t["_target_"].rsplit(".", 1)[-1] for t in chain]
         assert targets[:4] == ["Activationsd", "Invertd", "ThresholdForegroundd", "KeepComponentsd"], (name, targets)
         assert chain[0]["softmax"] and not chain[1]["nearest_interp"] and chain[2]["threshold"] == "@prob_threshold"
-    inference = json.loads((cfg / "inference.json").read_text())["initialize"]
+    inference = json.loads((cfg / "inference.json").read_text())
+    evaluate = json.loads((cfg / "evaluate.json").read_text())["initialize"]
     multi = json.loads((cfg / "multi_gpu_inference.json").read_text())["initialize"]
-    assert multi == ["$@device", *inference]
+    assert {"$monai_pipeline.data.check_component_rule(@keep_components)",
+            "$monai_pipeline.data.check_foreground_threshold(@prob_threshold)"} <= set(inference["input_checks"])
+    assert inference["initialize"][1] == evaluate[1] == "$@input_checks"  # one list, run by every workflow
+    assert multi == ["$@device", *inference["initialize"]]
 
 
 def _evaluate_scoring_its_masks(root: Path, data: Path, name: str, *options: str) -> Path:
