@@ -72,11 +72,8 @@ def _apt_lock():
     """An exclusive lock shared by this machine's test processes around apt-get (dpkg's own lock makes a second
     concurrent apt-get fail instead of wait)."""
     with open(Path(tempfile.gettempdir()) / "monai-pipeline-tests-apt.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, exception or not
+        yield
 
 
 def debian_tool(names: tuple[str, ...], package: str) -> str:

@@ -32,6 +32,7 @@ __all__ = ["CheckpointSaver", "attach_handlers", "latest_checkpoint", "remove_pa
            "contract_value", "file_sha256", "network_definition", "new_contract", "read_contract", "write_contract",
            "FAILED_KEY", "InferenceDataset", "InferenceProgress", "Pending", "SaveMaskd", "existing_mask_problem",
            "pending", "PrecisionInferer", "FlipInferer", "cpu_amx_supported", "cpu_bf16_supported", "cpu_flags",
-           "precision_setting", "resolve_precision", "verifies", "default_device", "default_num_workers", "dist_rank", "init_distributed", "end_distributed",
+           "precision_setting", "resolve_precision", "verifies", "default_device", "default_num_workers", "dist_rank",
+           "init_distributed", "end_distributed",
            "rank_zero_only", "algorithm_id", "git_revision", "NONFINITE_EXIT_CODE",
            "NonFiniteGuard", "NonFiniteTrainingError", "ValidationState", "mean_dice_metric"]
