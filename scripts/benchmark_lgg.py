@@ -173,6 +173,7 @@ def main(argv=None) -> int:
         "mean_patient_dice": statistics.fmean(dice),
         "median_patient_dice": statistics.median(dice),
         "std_patient_dice": statistics.pstdev(dice),
+        **{k: v for k, v in _pooled(dice).items() if k.endswith("_ci95_bootstrap")},
         "metric": "per-patient volumetric Dice: all slices of a patient stacked (TP, FP, FN summed over slices), "
                   "on each slice's own pixel grid; a patient with empty prediction and empty label scores 1",
         "patient_dice_from_png_masks": {p: round(d, 4) for p, d in by_patient.items()},

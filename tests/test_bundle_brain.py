@@ -179,6 +179,7 @@ def test_keep_components_acts_on_the_patients_stack_in_3d_and_keeps_labels_and_m
     the rule is 2D (8 neighbours); ``all`` changes nothing; a bad rule or a map of two channels is refused."""
     from monai.data import MetaTensor
 
+    from monai_pipeline.data import check_component_rule
     from monai_pipeline.errors import DataError
     from monai_pipeline.transforms import KeepComponentsd
 
@@ -210,6 +211,14 @@ def test_keep_components_acts_on_the_patients_stack_in_3d_and_keeps_labels_and_m
     assert int(KeepComponentsd("pred", "largest")({"pred": slice_})["pred"].sum()) == 5
     with pytest.raises(DataError, match="unknown component rule 'biggest' .keep_components.: give one of all, over10, largest"):
         KeepComponentsd("pred", "biggest")
+    assert check_component_rule("centre") == "centre"  # the nodule bundle's crops
+    with pytest.raises(DataError, match="component rule 'centre' .keep_components. is not offered here: give one of "
+                                        "all, over10, largest$"):
+        check_component_rule("centre", ["all", "over10", "largest"])
+    with pytest.raises(DataError, match="unknown component rule 'biggest' .*: give one of all, largest$"):
+        check_component_rule("biggest", ["all", "largest"])
+    with pytest.raises(ValueError, match="offered component rules .* include unknown ones"):
+        check_component_rule("all", ["all", "middle"])
     with pytest.raises(ValueError, match=r"shape \(2, 8, 8, 6\).*argmax"):
         KeepComponentsd("pred", "largest")({"pred": torch.zeros(2, 8, 8, 6)})
 
@@ -404,12 +413,12 @@ def test_threshold_foreground_is_the_argmax_at_one_half_and_the_lever_elsewhere(
     """``ThresholdForegroundd``: two-class probabilities ``(2, *spatial)`` to a ``(1, *spatial)`` label map, 1 where
     the foreground probability is above the threshold (as scripts/select_lgg_levers.py scores it); at 0.5 the
     argmax's masks; the MetaTensor's metadata and the dtype stay, an array stays an array; a threshold outside (0, 1)
-    or a map without two channels is refused."""
+    (here and in ``ResampleToSourced``, the lung bundles' threshold) or a map without two channels is refused."""
     from monai.data import MetaTensor
     from monai.transforms import AsDiscreted
 
     from monai_pipeline.errors import DataError
-    from monai_pipeline.transforms import ThresholdForegroundd
+    from monai_pipeline.transforms import ResampleToSourced, ThresholdForegroundd
 
     gen = torch.Generator().manual_seed(0)
     prob = torch.randn(2, 32, 24, 5, generator=gen).mul(3).softmax(0)
@@ -428,6 +437,9 @@ def test_threshold_foreground_is_the_argmax_at_one_half_and_the_lever_elsewhere(
     for bad in (0, 1, 1.5, -0.1, "half", True, None):
         with pytest.raises(DataError, match=r"threshold .* \(prob_threshold\): give a number between 0 and 1"):
             ThresholdForegroundd("pred", bad)
+        if bad is not None:  # None: ResampleToSourced returns the probability itself
+            with pytest.raises(DataError, match=r"threshold .* \(prob_threshold\): give a number between 0 and 1"):
+                ResampleToSourced("pred", "image", threshold=bad)
     with pytest.raises(ValueError, match=r"shape \(1, 32, 24, 5\).*softmax"):
         ThresholdForegroundd("pred")({"pred": half})
 
@@ -445,7 +457,7 @@ def test_brain_postprocessing_applies_the_levers_in_the_benchmarks_order():
     inference = json.loads((cfg / "inference.json").read_text())
     evaluate = json.loads((cfg / "evaluate.json").read_text())["initialize"]
     multi = json.loads((cfg / "multi_gpu_inference.json").read_text())["initialize"]
-    assert {"$monai_pipeline.data.check_component_rule(@keep_components)",
+    assert {"$monai_pipeline.data.check_component_rule(@keep_components, ['all', 'over10', 'largest'])",
             "$monai_pipeline.data.check_foreground_threshold(@prob_threshold)"} <= set(inference["input_checks"])
     assert inference["initialize"][1] == evaluate[1] == "$@input_checks"  # one list, run by every workflow
     assert multi == ["$@device", *inference["initialize"]]
@@ -675,6 +687,11 @@ def test_keep_components_in_inference_takes_each_patient_whole_without_slice_con
     proc = run_cmd(bundle("run", "--config_file", CFG_INFER, "--dataset_dir", str(brain_slices), "--output_dir",
                           str(tmp_path / "bad"), "--prob_threshold", "1.5", *BRAIN_TINY), cwd=root, check=False)
     assert proc.returncode != 0 and "error: foreground probability threshold 1.5 (prob_threshold)" in proc.stdout + proc.stderr
+    assert not (tmp_path / "bad").exists() and not (tmp_path / ".bad.monai-pipeline.settings.json").exists()
+    proc = run_cmd(bundle("run", "--config_file", CFG_INFER, "--dataset_dir", str(brain_slices), "--output_dir",
+                          str(tmp_path / "bad"), "--keep_components", "centre", *BRAIN_TINY), cwd=root, check=False)
+    assert proc.returncode != 0 and ("error: component rule 'centre' (keep_components) is not offered here: give one of "
+                                     "all, over10, largest") in proc.stdout + proc.stderr
     assert not (tmp_path / "bad").exists() and not (tmp_path / ".bad.monai-pipeline.settings.json").exists()
 
 

@@ -112,15 +112,25 @@ COMPONENT_RULES: dict[str, Callable[[np.ndarray, Sequence[float] | None], np.nda
 }
 
 
-def check_component_rule(rule: str) -> str:
-    """``rule`` when it names a rule of :data:`COMPONENT_RULES`.
+def check_component_rule(rule: str, offered: Sequence[str] | None = None) -> str:
+    """``rule`` when it names a rule of :data:`COMPONENT_RULES` (of ``offered`` only, when given).
+
+    Args:
+        rule: the name to check.
+        offered: the rules a caller offers, a subset of :data:`COMPONENT_RULES`; ``None``: all of them. The brain
+            bundle offers no ``centre``: its patient's stacked slices are not a crop centred on the tumour.
 
     Raises:
         DataError: (a ``ValueError``) it does not, naming the rules; a bundle run checks its ``keep_components``
             setting with this before it reads or writes anything.
     """
-    if rule not in COMPONENT_RULES:
-        raise DataError(f"unknown component rule {rule!r} (keep_components): give one of {', '.join(COMPONENT_RULES)}")
+    names = list(COMPONENT_RULES) if offered is None else list(offered)
+    if set(names) - set(COMPONENT_RULES):
+        raise ValueError(f"offered component rules {names} include unknown ones: give some of {list(COMPONENT_RULES)}")
+    if rule in COMPONENT_RULES and rule not in names:
+        raise DataError(f"component rule {rule!r} (keep_components) is not offered here: give one of {', '.join(names)}")
+    if rule not in names:
+        raise DataError(f"unknown component rule {rule!r} (keep_components): give one of {', '.join(names)}")
     return rule
 
 

@@ -10,6 +10,8 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
+from monai_pipeline.data.masks import check_foreground_threshold
+
 __all__ = ["ResampleToSourced"]
 
 
@@ -36,13 +38,18 @@ class ResampleToSourced(MapTransform):
         threshold: the foreground probability a voxel needs (two classes); ``None`` returns the interpolated
             probability itself (float32), for threshold studies.
 
+    Raises:
+        DataError: at construction, for a threshold outside (0, 1)
+            (:func:`~monai_pipeline.data.masks.check_foreground_threshold`).
+
     Output: ``(1, I, J, K)`` uint8 labels (or float32 probabilities) on the source grid, in the loaded voxel order.
     """
 
     def __init__(self, keys: KeysCollection = "pred", source_key: str = "image", softmax: bool = True,
                  threshold: float | None = 0.5) -> None:
         super().__init__(keys)
-        self.source_key, self.softmax, self.threshold = source_key, softmax, threshold
+        self.source_key, self.softmax = source_key, softmax
+        self.threshold = None if threshold is None else check_foreground_threshold(threshold)
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
