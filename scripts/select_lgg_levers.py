@@ -46,7 +46,7 @@ from _provenance import machine_provenance  # noqa: E402
 from benchmark_lgg import CV_SPLIT, RESULTS  # noqa: E402  (the folds as the benchmark draws them)
 from monai_pipeline.app.delineate import CropSegmenter  # noqa: E402
 from monai_pipeline.data.datasets import brain_datalist  # noqa: E402
-from monai_pipeline.data.masks import COMPONENT_RULES, keep_components  # noqa: E402  (the bundle's rules)
+from monai_pipeline.data.masks import STACK_COMPONENT_RULES, keep_components  # noqa: E402  (the bundle's rules)
 from monai_pipeline.evaluation.metrics import dice  # noqa: E402
 from monai_pipeline.io.atomic import atomic_write_text  # noqa: E402
 
@@ -72,10 +72,11 @@ def probabilities(models: list[CropSegmenter], item: dict, flips: list) -> np.nd
 
 def parse_components(text: str) -> tuple[str, ...]:
     """The ``--components`` grid ``"all,over10,largest"`` as a tuple, simplest first; it must start with the
-    baseline ``all`` and name each rule of :data:`COMPONENT_RULES` at most once."""
+    baseline ``all`` and name each rule of :data:`STACK_COMPONENT_RULES` (the brain bundle's: no ``centre``) at
+    most once."""
     grid = tuple(text.split(","))
-    if grid[0] != "all" or len(set(grid)) != len(grid) or set(grid) - set(COMPONENT_RULES):
-        raise ValueError(f"--components {text}: give distinct rules of {','.join(COMPONENT_RULES)}, all first")
+    if grid[0] != "all" or len(set(grid)) != len(grid) or set(grid) - set(STACK_COMPONENT_RULES):
+        raise ValueError(f"--components {text}: give distinct rules of {','.join(STACK_COMPONENT_RULES)}, all first")
     return grid
 
 
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
                          "their ensemble")
     ap.add_argument("--components", default=",".join(COMPONENTS),
                     help="the component rules to choose from, simplest first (default all,largest; any of "
-                         f"{','.join(COMPONENT_RULES)}, starting with all, the baseline)")
+                         f"{','.join(STACK_COMPONENT_RULES)}, starting with all, the baseline)")
     ap.add_argument("--max-cases", type=int, default=None, help="quick check on a subset of patients")
     ap.add_argument("--fold-result", default=None,
                     help="the fold's benchmark_lgg.py result the baseline must reproduce (default "

@@ -401,7 +401,7 @@ def test_lgg_levers_component_grid_order_breaks_ties_and_must_start_with_the_bas
     with pytest.raises(ValueError, match="unknown component rule"):
         keep_components(mask, "biggest")
     assert parse_components("all,over10,largest") == grid and parse_components("all") == ("all",)
-    for bad in ("largest,all", "all,biggest", "all,largest,largest"):
+    for bad in ("largest,all", "all,biggest", "all,largest,largest", "all,centre"):  # centre: crops only
         with pytest.raises(ValueError, match="all first"):
             parse_components(bad)
         with pytest.raises(SystemExit) as stop:

@@ -179,7 +179,7 @@ def test_keep_components_acts_on_the_patients_stack_in_3d_and_keeps_labels_and_m
     the rule is 2D (8 neighbours); ``all`` changes nothing; a bad rule or a map of two channels is refused."""
     from monai.data import MetaTensor
 
-    from monai_pipeline.data import check_component_rule
+    from monai_pipeline.data import STACK_COMPONENT_RULES, check_component_rule
     from monai_pipeline.errors import DataError
     from monai_pipeline.transforms import KeepComponentsd
 
@@ -209,16 +209,22 @@ def test_keep_components_acts_on_the_patients_stack_in_3d_and_keeps_labels_and_m
     slice_[0, 2, 2] = 1                    # a corner neighbour in 2D: joins the square
     slice_[0, 5, 5] = 1
     assert int(KeepComponentsd("pred", "largest")({"pred": slice_})["pred"].sum()) == 5
-    with pytest.raises(DataError, match="unknown component rule 'biggest' .keep_components.: give one of all, over10, largest"):
+    with pytest.raises(DataError, match="unknown component rule 'biggest' .keep_components.: give one of all, over10, "
+                                        "largest, centre$"):
         KeepComponentsd("pred", "biggest")
     assert check_component_rule("centre") == "centre"  # the nodule bundle's crops
-    with pytest.raises(DataError, match="component rule 'centre' .keep_components. is not offered here: give one of "
-                                        "all, over10, largest$"):
-        check_component_rule("centre", ["all", "over10", "largest"])
+    assert STACK_COMPONENT_RULES == ("all", "over10", "largest")
+    refused = (r"component rule 'centre' \(keep_components\) is not offered here \(it is for a crop centred on its "
+               r"lesion\): give one of all, over10, largest$")
+    with pytest.raises(DataError, match=refused):
+        check_component_rule("centre", STACK_COMPONENT_RULES)
     with pytest.raises(DataError, match="unknown component rule 'biggest' .*: give one of all, largest$"):
         check_component_rule("biggest", ["all", "largest"])
-    with pytest.raises(ValueError, match="offered component rules .* include unknown ones"):
-        check_component_rule("all", ["all", "middle"])
+    with pytest.raises(DataError, match=r"unknown component rule \['all'\]"):
+        check_component_rule(["all"])
+    for bad in (["all", "middle"], [], ["all", "all"], "all,largest"):
+        with pytest.raises(ValueError, match="offered component rules"):
+            check_component_rule("all", bad)
     with pytest.raises(ValueError, match=r"shape \(2, 8, 8, 6\).*argmax"):
         KeepComponentsd("pred", "largest")({"pred": torch.zeros(2, 8, 8, 6)})
 
@@ -413,7 +419,8 @@ def test_threshold_foreground_is_the_argmax_at_one_half_and_the_lever_elsewhere(
     """``ThresholdForegroundd``: two-class probabilities ``(2, *spatial)`` to a ``(1, *spatial)`` label map, 1 where
     the foreground probability is above the threshold (as scripts/select_lgg_levers.py scores it); at 0.5 the
     argmax's masks; the MetaTensor's metadata and the dtype stay, an array stays an array; a threshold outside (0, 1)
-    (here and in ``ResampleToSourced``, the lung bundles' threshold) or a map without two channels is refused."""
+    (here and in ``ResampleToSourced``, which the lung bundles' inference uses) or a map without two channels is
+    refused."""
     from monai.data import MetaTensor
     from monai.transforms import AsDiscreted
 
@@ -438,7 +445,8 @@ def test_threshold_foreground_is_the_argmax_at_one_half_and_the_lever_elsewhere(
         with pytest.raises(DataError, match=r"threshold .* \(prob_threshold\): give a number between 0 and 1"):
             ThresholdForegroundd("pred", bad)
         if bad is not None:  # None: ResampleToSourced returns the probability itself
-            with pytest.raises(DataError, match=r"threshold .* \(prob_threshold\): give a number between 0 and 1"):
+            with pytest.raises(DataError, match=r"threshold .* \(ResampleToSourced threshold\): give a number between "
+                                                r"0 and 1, such as 0.5 \(the argmax\)$"):
                 ResampleToSourced("pred", "image", threshold=bad)
     with pytest.raises(ValueError, match=r"shape \(1, 32, 24, 5\).*softmax"):
         ThresholdForegroundd("pred")({"pred": half})
@@ -690,8 +698,9 @@ def test_keep_components_in_inference_takes_each_patient_whole_without_slice_con
     assert not (tmp_path / "bad").exists() and not (tmp_path / ".bad.monai-pipeline.settings.json").exists()
     proc = run_cmd(bundle("run", "--config_file", CFG_INFER, "--dataset_dir", str(brain_slices), "--output_dir",
                           str(tmp_path / "bad"), "--keep_components", "centre", *BRAIN_TINY), cwd=root, check=False)
-    assert proc.returncode != 0 and ("error: component rule 'centre' (keep_components) is not offered here: give one of "
-                                     "all, over10, largest") in proc.stdout + proc.stderr
+    refused = ("error: component rule 'centre' (keep_components) is not offered here (it is for a crop centred on "
+               "its lesion): give one of all, over10, largest")
+    assert proc.returncode != 0 and refused in proc.stdout + proc.stderr
     assert not (tmp_path / "bad").exists() and not (tmp_path / ".bad.monai-pipeline.settings.json").exists()
 
 

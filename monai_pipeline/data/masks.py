@@ -111,32 +111,46 @@ COMPONENT_RULES: dict[str, Callable[[np.ndarray, Sequence[float] | None], np.nda
     "centre": lambda m, spacing=None: component_at(m, (np.asarray(np.shape(m)) - 1) / 2.0, spacing),
 }
 
+#: The rules of :data:`COMPONENT_RULES` for an image that is not a crop centred on its lesion (the brain bundle's
+#: stack of a patient's slices): ``centre`` is left out, since the centre voxel there is no lesion's.
+STACK_COMPONENT_RULES: tuple[str, ...] = ("all", "over10", "largest")
+
 
 def check_component_rule(rule: str, offered: Sequence[str] | None = None) -> str:
     """``rule`` when it names a rule of :data:`COMPONENT_RULES` (of ``offered`` only, when given).
 
     Args:
         rule: the name to check.
-        offered: the rules a caller offers, a subset of :data:`COMPONENT_RULES`; ``None``: all of them. The brain
-            bundle offers no ``centre``: its patient's stacked slices are not a crop centred on the tumour.
+        offered: the rules a caller offers, distinct names of :data:`COMPONENT_RULES`, such as
+            :data:`STACK_COMPONENT_RULES` (the brain bundle's); ``None``: all of them.
 
     Raises:
-        DataError: (a ``ValueError``) it does not, naming the rules; a bundle run checks its ``keep_components``
-            setting with this before it reads or writes anything.
+        DataError: (a ``ValueError``) ``rule`` is not offered, naming the rules that are; a bundle run checks its
+            ``keep_components`` setting with this before it reads or writes anything.
+        ValueError: ``offered`` is not a list of distinct rule names (a programming error, not the user's).
     """
+    if isinstance(offered, str):
+        raise ValueError(f"offered component rules {offered!r}: give a list of rule names, not one string")
     names = list(COMPONENT_RULES) if offered is None else list(offered)
-    if set(names) - set(COMPONENT_RULES):
-        raise ValueError(f"offered component rules {names} include unknown ones: give some of {list(COMPONENT_RULES)}")
-    if rule in COMPONENT_RULES and rule not in names:
-        raise DataError(f"component rule {rule!r} (keep_components) is not offered here: give one of {', '.join(names)}")
-    if rule not in names:
+    if not names or len(set(names)) != len(names) or set(names) - set(COMPONENT_RULES):
+        raise ValueError(f"offered component rules {', '.join(map(str, names)) or 'none'}: give distinct rules of "
+                         f"{', '.join(COMPONENT_RULES)}")
+    if not isinstance(rule, str) or rule not in names:
+        if isinstance(rule, str) and rule in COMPONENT_RULES:
+            why = " (it is for a crop centred on its lesion)" if rule == "centre" else ""
+            raise DataError(f"component rule {rule!r} (keep_components) is not offered here{why}: give one of "
+                            f"{', '.join(names)}")
         raise DataError(f"unknown component rule {rule!r} (keep_components): give one of {', '.join(names)}")
     return rule
 
 
-def check_foreground_threshold(threshold: float) -> float:
+def check_foreground_threshold(threshold: float, setting: str = "prob_threshold") -> float:
     """``threshold`` as a float when it lies strictly between 0 and 1: a foreground probability above it is
     foreground (0.5 is the argmax's decision for two classes).
+
+    Args:
+        threshold: the value to check.
+        setting: what the error names as the value's source (a bundle setting, or a transform's argument).
 
     Raises:
         DataError: (a ``ValueError``) it is not a number in (0, 1); a bundle run checks its ``prob_threshold``
@@ -147,8 +161,9 @@ def check_foreground_threshold(threshold: float) -> float:
     except (TypeError, ValueError):
         value = float("nan")
     if isinstance(threshold, bool) or not 0.0 < value < 1.0:
-        raise DataError(f"foreground probability threshold {threshold!r} (prob_threshold): give a number between 0 "
-                        "and 1, such as 0.5 (the argmax) or the threshold scripts/select_lgg_levers.py chose")
+        hint = " or the threshold scripts/select_lgg_levers.py chose" if setting == "prob_threshold" else ""
+        raise DataError(f"foreground probability threshold {threshold!r} ({setting}): give a number between 0 "
+                        f"and 1, such as 0.5 (the argmax){hint}")
     return value
 
 

@@ -49,7 +49,9 @@ class ResampleToSourced(MapTransform):
                  threshold: float | None = 0.5) -> None:
         super().__init__(keys)
         self.source_key, self.softmax = source_key, softmax
-        self.threshold = None if threshold is None else check_foreground_threshold(threshold)
+        if threshold is not None:
+            threshold = check_foreground_threshold(threshold, "ResampleToSourced threshold")
+        self.threshold = threshold
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
