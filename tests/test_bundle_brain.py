@@ -455,7 +455,10 @@ def test_threshold_foreground_is_the_argmax_at_one_half_and_the_lever_elsewhere(
 def test_brain_postprocessing_applies_the_levers_in_the_benchmarks_order():
     """inference.json and evaluate.json turn the network's output into a mask as scripts/select_lgg_levers.py
     scores it: softmax (of the flips' mean), back onto the slice's grid (Invertd, linear), the threshold, then the
-    component rule; multi_gpu_inference.json runs inference.json's checks (threshold and rule included) too."""
+    component rule; multi_gpu_inference.json runs inference.json's checks (threshold and rule included) too, the rule
+    among ``STACK_COMPONENT_RULES`` (no ``centre``)."""
+    from monai_pipeline.data import STACK_COMPONENT_RULES
+
     cfg = BRAIN_BUNDLE / "configs"
     for name in ("inference.json", "evaluate.json"):
         chain = json.loads((cfg / name).read_text())["postprocessing"]["transforms"]
@@ -465,8 +468,8 @@ def test_brain_postprocessing_applies_the_levers_in_the_benchmarks_order():
     inference = json.loads((cfg / "inference.json").read_text())
     evaluate = json.loads((cfg / "evaluate.json").read_text())["initialize"]
     multi = json.loads((cfg / "multi_gpu_inference.json").read_text())["initialize"]
-    assert {"$monai_pipeline.data.check_component_rule(@keep_components, ['all', 'over10', 'largest'])",
-            "$monai_pipeline.data.check_foreground_threshold(@prob_threshold)"} <= set(inference["input_checks"])
+    rules = f"$monai_pipeline.data.check_component_rule(@keep_components, {list(STACK_COMPONENT_RULES)!r})"  # no centre
+    assert {rules, "$monai_pipeline.data.check_foreground_threshold(@prob_threshold)"} <= set(inference["input_checks"])
     assert inference["initialize"][1] == evaluate[1] == "$@input_checks"  # one list, run by every workflow
     assert multi == ["$@device", *inference["initialize"]]
 
